@@ -1,0 +1,157 @@
+"""Fast tests for tools/ (no network, no GPU)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+sys.path.insert(0, TOOLS)
+
+import estimate_h100 as est  # noqa: E402
+import significance as sig  # noqa: E402
+from logparse import final_result, parse_log  # noqa: E402
+
+
+def write_log(path, seed=1, run_id="synthetic", shift=0.0, finals=("roundtrip", "sliding", "ttt")):
+    hp = {"seed": seed, "num_layers": 11, "model_dim": 512, "train_seq_len": 2048,
+          "train_batch_tokens": 786432, "run_id": run_id}
+    lines = [f"hparams {json.dumps(hp)}", "model_params:27288668", "some unrelated line"]
+    for s in range(10, 60, 10):
+        lines.append(f"step:{s}/50 train_loss:{6.0 - s / 20:.4f} train_time:{s * 1000}ms "
+                     f"step_avg:1000.00ms")
+        if s % 20 == 0:
+            lines.append(f"step:{s}/50 val_loss:{4.0 - s / 100:.4f} val_bpb:{2.4 - s / 100:.4f}")
+    lines.append("artifact bytes_total:15900000 bytes_code:60000 bytes_model:15840000 cap:16000000")
+    if "roundtrip" in finals:
+        lines.append(f"final_int5_zstd_roundtrip_exact val_loss:{3.52 + shift:.6f} val_bpb:2.0900")
+    if "sliding" in finals:
+        lines.append(f"final_sliding_exact val_loss:{3.50 + shift:.6f} val_bpb:2.0800")
+    if "ttt" in finals:
+        for i in range(1, 5):
+            lines.append(f"ttt_chunk [{i}/4] bpb={2.10 - i / 100:.4f} time={i * 3.1:.1f}s")
+        lines.append(f"legal_ttt_exact val_loss:{3.48 + shift:.6f} val_bpb:2.0700")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(TOOLS, script), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------- logparse
+def test_parse_log(tmp_path):
+    p = parse_log(write_log(tmp_path / "a.log", seed=7))
+    assert p["hparams"]["seed"] == 7 and p["hparams"]["run_id"] == "synthetic"
+    assert p["model_params"] == 27288668
+    assert p["train"][0] == (10, 5.5, 10000.0) and len(p["train"]) == 5
+    assert p["val"] == [(20, 3.8, 2.2), (40, 3.6, 2.0)]
+    assert p["ttt"][0] == (1, 4, 2.09) and len(p["ttt"]) == 4
+    assert p["artifact"] == {"bytes_total": 15900000, "bytes_code": 60000,
+                             "bytes_model": 15840000, "cap": 16000000}
+    assert p["roundtrip"] == (3.52, 2.09)
+    assert p["sliding"] == (3.50, 2.08)
+    assert p["ttt_final"] == (3.48, 2.07)
+    assert final_result(p) == ("legal_ttt_exact", 3.48, 2.07)
+
+
+def test_parse_log_partial(tmp_path):
+    p = parse_log(write_log(tmp_path / "b.log", finals=("roundtrip",)))
+    assert p["ttt"] == [] and p["ttt_final"] is None and p["sliding"] is None
+    assert final_result(p)[0] == "final_int5_zstd_roundtrip_exact"
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing here\n")
+    e = parse_log(str(empty))
+    assert e["hparams"] == {} and e["model_params"] is None and final_result(e) is None
+
+
+# ---------------------------------------------------------------- estimator
+def test_params_at_defaults():
+    cfg = est.load_config(env={})
+    assert 25e6 < est.matmul_params(cfg) < 29e6
+    assert 25e6 < est.total_params(cfg) < 29e6
+
+
+def test_anchor_reproduced():
+    r = est.estimate(est.load_config(env={}))
+    one = next(s for s in r["scenarios"] if s["factor"] == 1.0)
+    assert one["step_ms"] == pytest.approx(83.4, rel=1e-9)
+    fwd, train = est.flops_per_token(est.load_config(env={}))
+    assert train == pytest.approx(3 * fwd)
+
+
+def test_double_batch_doubles_step_time():
+    a = est.estimate(est.load_config(env={}))
+    b = est.estimate(est.load_config(env={"TRAIN_BATCH_TOKENS": "1572864"}))
+    for sa, sb in zip(a["scenarios"], b["scenarios"]):
+        assert sb["step_ms"] == pytest.approx(2 * sa["step_ms"])
+
+
+def test_estimator_cli(tmp_path):
+    out = run("estimate_h100.py")
+    assert out.returncode == 0, out.stderr
+    assert "ESTIMATE" in out.stdout and "est." in out.stdout
+    assert "83.4 ms" in out.stdout and ("fits" in out.stdout or "OVER" in out.stdout)
+    out = run("estimate_h100.py", "--log", write_log(tmp_path / "a.log"))
+    assert out.returncode == 0, out.stderr
+    assert "27,288,668" in out.stdout
+
+
+# ---------------------------------------------------------------- significance
+BASE = [3.500, 3.502, 3.498]
+
+
+def test_welch_clear_improvement_passes():
+    new = [3.480, 3.481, 3.479]
+    t, dof, p = sig.welch_one_sided(new, BASE)
+    assert t > 0 and p < 0.01
+
+
+def test_welch_small_improvement_fails():
+    new = [x - 0.003 for x in BASE]
+    t, dof, p = sig.welch_one_sided(new, BASE)
+    assert t < 0 and p > 0.01
+
+
+def test_welch_matches_scipy():
+    stats = pytest.importorskip("scipy.stats", reason="scipy not installed")
+    cases = [([3.480, 3.481, 3.479], BASE), ([3.49, 3.495, 3.489, 3.50], BASE),
+             ([3.40, 3.45, 3.41], [3.46, 3.50, 3.44, 3.47, 3.45]), ([x - 0.003 for x in BASE], BASE)]
+    for new, base in cases:
+        t, dof, p = sig.welch_one_sided(new, base)
+        ref = stats.ttest_ind([b - 0.005 for b in base], new, equal_var=False,
+                              alternative="greater")
+        assert t == pytest.approx(ref.statistic, abs=1e-9)
+        assert abs(p - ref.pvalue) < 1e-6
+    for tv, d in [(0.3, 2.5), (-1.7, 4.0), (5.0, 7.3), (12.0, 30.0)]:
+        assert abs(sig.t_sf(tv, d) - stats.t.sf(tv, d)) < 1e-9
+
+
+def test_significance_cli(tmp_path):
+    new = [write_log(tmp_path / f"new{s}.log", seed=s, shift=d)
+           for s, d in [(1, -0.020), (2, -0.021), (3, -0.019)]]
+    base = [write_log(tmp_path / f"base{s}.log", seed=s, shift=d)
+            for s, d in [(1, 0.0), (2, 0.002), (3, -0.002)]]
+    out = run("significance.py", *new, "--baseline-logs", *base)
+    assert out.returncode == 0, out.stderr
+    assert "legal_ttt_exact" in out.stdout and "PASS" in out.stdout
+    out = run("significance.py", *new, "--baseline-mean", "3.463", "--baseline-std", "0.002",
+              "--baseline-n", "3")
+    assert out.returncode == 0, out.stderr
+    assert "FAIL" in out.stdout
+
+
+# ---------------------------------------------------------------- plot
+def test_plot_writes_png(tmp_path):
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed (pip install -r tools/requirements.txt)")
+    png = tmp_path / "out.png"
+    logs = [write_log(tmp_path / "a.log"), write_log(tmp_path / "b.log", finals=())]
+    out = run("plot_log.py", *logs, "-o", str(png))
+    assert out.returncode == 0, out.stderr
+    data = png.read_bytes()
+    assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,149 @@
+"""Per-seed final scores, their mean/std, and the challenge's significance rule.
+
+Usage:
+  python tools/significance.py NEW_LOG [NEW_LOG ...]
+         [--baseline-logs LOG ...  |  --baseline-mean X --baseline-std S --baseline-n K]
+         [--margin 0.005] [--alpha 0.01]
+
+Rule (in nats of val_loss): one-sided Welch t-test of H0: mean_base - mean_new <= margin,
+  t = (mean_base - mean_new - margin) / sqrt(s_new^2/n_new + s_base^2/n_base),
+  Welch-Satterthwaite dof; PASS if the one-sided p < alpha.
+The Student-t CDF is computed here (regularized incomplete beta by continued fraction),
+so scipy is not needed.
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from logparse import final_result, parse_log  # noqa: E402
+
+
+def _betacf(a, b, x, eps=1e-15, max_iter=500):
+    """Continued fraction for the regularized incomplete beta (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, max_iter + 1):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a, b, x):
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t, dof):
+    """P(T > t) for Student's t with `dof` (real, > 0) degrees of freedom."""
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def welch_from_stats(mean_new, std_new, n_new, mean_base, std_base, n_base, margin=0.005):
+    """One-sided Welch test of H0: mean_base - mean_new <= margin. Returns (t, dof, p)."""
+    if n_new < 2 or n_base < 2:
+        raise ValueError("Welch's test needs at least 2 samples on each side")
+    v_new, v_base = std_new ** 2 / n_new, std_base ** 2 / n_base
+    diff = mean_base - mean_new - margin
+    se2 = v_new + v_base
+    if se2 == 0.0:
+        t = math.inf if diff > 0 else -math.inf
+        return t, math.inf, (0.0 if diff > 0 else 1.0)
+    t = diff / math.sqrt(se2)
+    dof = se2 ** 2 / (v_new ** 2 / (n_new - 1) + v_base ** 2 / (n_base - 1))
+    return t, dof, t_sf(t, dof)
+
+
+def welch_one_sided(new, base, margin=0.005):
+    """(t, dof, p) for H0: mean(base) - mean(new) <= margin (lower val_loss is better)."""
+    return welch_from_stats(statistics.mean(new), statistics.stdev(new), len(new),
+                            statistics.mean(base), statistics.stdev(base), len(base), margin)
+
+
+def summarize(paths, title):
+    """Print one row per log; return (losses, bpbs)."""
+    print(f"{title}:")
+    print(f"  {'log':<40} {'seed':>6} {'val_loss':>10} {'val_bpb':>10}  source")
+    losses, bpbs = [], []
+    for path in paths:
+        parsed = parse_log(path)
+        res = final_result(parsed)
+        seed = parsed["hparams"].get("seed", "?")
+        if res is None:
+            print(f"  {os.path.basename(path):<40} {seed!s:>6} {'-':>10} {'-':>10}  no final line, skipped")
+            continue
+        label, loss, bpb = res
+        losses.append(loss)
+        bpbs.append(bpb)
+        print(f"  {os.path.basename(path):<40} {seed!s:>6} {loss:>10.5f} {bpb:>10.5f}  {label}")
+    if losses:
+        sd = lambda xs: f"{statistics.stdev(xs):.5f}" if len(xs) > 1 else "n/a"
+        print(f"  n={len(losses)}  mean val_loss {statistics.mean(losses):.5f} nats (std {sd(losses)})"
+              f"  mean val_bpb {statistics.mean(bpbs):.5f} (std {sd(bpbs)})   [std: sample, ddof=1]")
+    return losses, bpbs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Per-seed results and the challenge's Welch test.")
+    ap.add_argument("logs", nargs="+", help="logs of the new entry (e.g. one per seed)")
+    ap.add_argument("--baseline-logs", nargs="+", metavar="LOG")
+    ap.add_argument("--baseline-mean", type=float, help="baseline mean val_loss (nats)")
+    ap.add_argument("--baseline-std", type=float, help="baseline sample std of val_loss (nats)")
+    ap.add_argument("--baseline-n", type=int, help="number of baseline runs")
+    ap.add_argument("--margin", type=float, default=0.005, help="required improvement in nats")
+    ap.add_argument("--alpha", type=float, default=0.01)
+    args = ap.parse_args(argv)
+
+    new, _ = summarize(args.logs, "new entry")
+    if not new:
+        print("error: no log has a final val_loss line")
+        return 2
+    if args.baseline_logs:
+        base, _ = summarize(args.baseline_logs, "baseline")
+        if len(base) < 2:
+            print("error: the baseline needs at least 2 runs with a final line")
+            return 2
+        mb, sb, nb = statistics.mean(base), statistics.stdev(base), len(base)
+    elif None not in (args.baseline_mean, args.baseline_std, args.baseline_n):
+        mb, sb, nb = args.baseline_mean, args.baseline_std, args.baseline_n
+        print(f"baseline: n={nb} mean val_loss {mb:.5f} nats (std {sb:.5f})")
+    else:
+        if any(v is not None for v in (args.baseline_mean, args.baseline_std, args.baseline_n)):
+            print("error: give all of --baseline-mean, --baseline-std and --baseline-n")
+            return 2
+        return 0
+    if len(new) < 2:
+        print("error: the significance test needs at least 2 new runs")
+        return 2
+    t, dof, p = welch_from_stats(statistics.mean(new), statistics.stdev(new), len(new),
+                                 mb, sb, nb, args.margin)
+    print(f"Welch one-sided test, H0: mean_base - mean_new <= {args.margin} nats")
+    print(f"  improvement {mb - statistics.mean(new):+.5f} nats  t={t:.4f}  dof={dof:.2f}  p={p:.3g}")
+    print(f"  {'PASS' if p < args.alpha else 'FAIL'} (p {'<' if p < args.alpha else '>='} {args.alpha})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
