@@ -1,0 +1,966 @@
+"""Parameter Golf (track 10min_16mb): 11-layer U-Net GPT with XSA and BigramHash, Muon,
+late int5 QAT, int5 + zstd-22 artifact, sliding-window eval and score-first TTT.
+Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or python3 train_gpt.py)
+Hard rule: this file stays under 1,500 lines; every byte counts against the cap."""
+from __future__ import annotations
+
+import glob, json, math, os, struct, sys, time, uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+BYTE_CAP = 16_000_000  # decimal bytes: code + compressed model
+
+
+class RunError(Exception):
+    """A bad input or a broken invariant: reported as one line, never a traceback."""
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...).
+
+@dataclass
+class Hyperparameters:
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    out_dir: str = "."
+    run_id: str = ""
+    seed: int = 1337
+    vocab_size: int = 1024
+    iterations: int = 20000
+    warmup_steps: int = 20  # compile-priming steps, undone afterwards
+    warmdown_iters: int = 3500
+    max_wallclock_seconds: float = 600.0
+    max_eval_seconds: float = 600.0
+    train_batch_tokens: int = 786_432
+    train_seq_len: int = 2048
+    grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
+    val_batch_size: int = 524_288
+    val_loss_every: int = 0
+    train_log_every: int = 100
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_hidden: int = 1536
+    bigram_buckets: int = 4096
+    bigram_dim: int = 128
+    ve_dim: int = 128
+    ve_layers: int = 2
+    xsa_last_n: int = -1  # -1: every layer
+    rope_dims: int = 16
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    matrix_lr: float = 0.025
+    embed_lr: float = 0.035
+    scalar_lr: float = 0.025
+    muon_momentum: float = 0.99
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5
+    weight_decay: float = 0.04
+    grad_clip_norm: float = 0.3
+    ema_decay: float = 0.997
+    qat_threshold: float = 0.15
+    prune_pct: float = 0.15
+    eval_stride: int = 64
+    eval_batch_seqs: int = 32
+    ttt_enabled: int = 1
+    ttt_lr: float = 4e-4
+    ttt_epochs: int = 1
+    ttt_chunk_tokens: int = 32768
+    ttt_batch_seqs: int = 32
+    ttt_grad_clip: float = 1.0
+    ttt_log_every: int = 1
+    compile: int = -1  # -1: on CUDA only
+    name: str = ""
+    github_id: str = ""
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Hyperparameters":
+        kw = {}
+        for f in fields(cls):
+            v = env.get(f.name.upper())
+            if v is not None:
+                try:
+                    kw[f.name] = type(f.default)(v)
+                except ValueError:
+                    raise RunError(f"{f.name.upper()}={v!r} is not a valid {type(f.default).__name__}")
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------- data & metric
+# Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Every rank reads the
+# same stream and takes its slice of each global batch, so the batch is world-size free.
+
+SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+
+
+def shard_files(pattern: str) -> list[str]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise RunError(f"no shard files match {pattern}")
+    return files
+
+
+def check_shard(path: str) -> int:
+    """Validates the header and size; returns the token count."""
+    size = os.path.getsize(path)
+    if size < 1024:
+        raise RunError(f"corrupt shard {path}: {size} bytes is shorter than the 1024-byte header")
+    header = np.fromfile(path, dtype="<i4", count=256)
+    if header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise RunError(f"corrupt shard {path}: magic/version {header[0]}/{header[1]}, expected {SHARD_MAGIC}/{SHARD_VERSION}")
+    n = int(header[2])
+    if size != 1024 + 2 * n:
+        raise RunError(f"corrupt shard {path}: header says {n} tokens but file is {size} bytes (expected {1024 + 2 * n})")
+    return n
+
+
+def load_shard(path: str) -> np.ndarray:
+    n = check_shard(path)
+    return np.fromfile(path, dtype="<u2", count=n, offset=1024)
+
+
+class TokenStream:
+    """Sequential tokens over the sorted shards, wrapping at the end."""
+
+    def __init__(self, pattern: str):
+        self.files = shard_files(pattern)
+        for f in self.files:
+            if check_shard(f) == 0:
+                raise RunError(f"empty shard {f}")
+        self.file_idx, self.pos = 0, 0
+        self.tokens = load_shard(self.files[0])
+
+    def take(self, n: int) -> torch.Tensor:
+        parts = []
+        while n > 0:
+            if self.pos == len(self.tokens):
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = load_shard(self.files[self.file_idx]), 0
+            k = min(n, len(self.tokens) - self.pos)
+            parts.append(self.tokens[self.pos:self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return torch.from_numpy(np.concatenate(parts).astype(np.int64))
+
+
+def rank_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int):
+    """This rank's (inputs, targets) of the next global batch, shaped (seqs, seq_len)."""
+    chunk = stream.take(global_tokens + 1)
+    local = global_tokens // world
+    s = rank * local
+    return chunk[s:s + local].view(-1, seq_len), chunk[s + 1:s + local + 1].view(-1, seq_len)
+
+
+def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
+    tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)])
+    usable = (len(tokens) - 1) // seq_len * seq_len
+    if usable <= 0:
+        raise RunError(f"validation split {pattern} has {len(tokens)} tokens, fewer than one sequence of {seq_len}+1")
+    return torch.from_numpy(tokens[:usable + 1].astype(np.int64))
+
+
+def build_byte_luts(sp, vocab_size: int):
+    """Per-token byte counts for val_bpb: (base_bytes, has_leading_space, is_boundary)."""
+    if sp.vocab_size() != vocab_size:
+        raise RunError(f"tokenizer vocab {sp.vocab_size()} != VOCAB_SIZE {vocab_size}")
+    base = np.zeros(vocab_size, np.int64)
+    space = np.zeros(vocab_size, bool)
+    boundary = np.zeros(vocab_size, bool)
+    for i in range(vocab_size):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            boundary[i] = True
+        elif sp.is_byte(i):
+            base[i] = 1
+        else:
+            piece = sp.id_to_piece(i)
+            if piece.startswith("\u2581"):
+                space[i], piece = True, piece[1:]
+            base[i] = len(piece.encode("utf-8"))
+    return torch.from_numpy(base), torch.from_numpy(space), torch.from_numpy(boundary)
+
+
+def target_bytes(tokens: torch.Tensor, luts) -> torch.Tensor:
+    """Bytes of each target tokens[1:] given its previous token."""
+    base, space, boundary = (t.to(tokens.device) for t in luts)
+    prev, tgt = tokens[:-1], tokens[1:]
+    return base[tgt] + (space[tgt] & ~boundary[prev]).long()
+
+
+def bpb(nll: torch.Tensor, nbytes: torch.Tensor) -> tuple[float, float]:
+    """(val_loss in nats per token, val_bpb) from per-target nll and bytes; float64 sums."""
+    total = nll.double().sum().item()
+    return total / nll.numel(), total / (math.log(2) * nbytes.double().sum().item())
+
+
+# ----------------------------------------------------------------------------- int5 quantizer
+# One quantizer for QAT and export: per-row scale = clip/15 (fp16), q in [-15, 15], the clip
+# chosen per row from a few fractions of the row max by reconstruction error.
+
+CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)
+SCALE_EPS = 1e-6
+
+
+def quantize_int5(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.float()
+    fracs = torch.tensor(CLIP_FRACS, device=w.device)
+    scale = (w.abs().amax(1)[None] * fracs[:, None] / 15).clamp_min(SCALE_EPS).half().float()  # (K,R)
+    q = torch.clamp(torch.round(w[None] / scale[..., None]), -15, 15)  # (K,R,C)
+    best = ((q * scale[..., None] - w[None]) ** 2).sum(-1).argmin(0)  # (R,)
+    rows = torch.arange(w.size(0), device=w.device)
+    return q[best, rows].to(torch.int8), scale[best, rows].half()
+
+
+def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def fake_quant(w: torch.Tensor) -> torch.Tensor:
+    """Straight-through int5: forward sees the shipped weights, backward is identity."""
+    return w + (dequantize_int5(*quantize_int5(w)) - w).detach()
+
+
+# ----------------------------------------------------------------------------- model
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class QATMixin:
+    qat = False  # switched on per module for late QAT
+
+    def qweight(self) -> torch.Tensor:
+        return fake_quant(self.weight) if self.qat else self.weight
+
+
+class CastedLinear(QATMixin, nn.Linear):
+    def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
+        super().__init__(fan_in, fan_out, bias=False)
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        return F.linear(x, self.qweight().to(x.dtype))
+
+
+class QEmbedding(QATMixin, nn.Embedding):
+    def __init__(self, num: int, dim: int, std: float):
+        super().__init__(num, dim)
+        nn.init.normal_(self.weight, std=std) if std > 0 else nn.init.zeros_(self.weight)
+
+    def forward(self, ids):
+        return F.embedding(ids, self.qweight())
+
+
+def bigram_buckets(ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Hash of (previous, current) token; position 0 of each sequence gets bucket B-1."""
+    h = torch.bitwise_xor(36313 * ids[..., 1:], 27191 * ids[..., :-1]) % (buckets - 1)
+    return torch.cat([torch.full_like(ids[..., :1], buckets - 1), h], -1)
+
+
+class BigramHash(nn.Module):
+    def __init__(self, buckets: int, dim: int, model_dim: int):
+        super().__init__()
+        self.buckets = buckets
+        self.table = QEmbedding(buckets, dim, 0.0)
+        self.proj = CastedLinear(dim, model_dim)
+        self.scale = nn.Parameter(torch.tensor(0.05))
+
+    def forward(self, ids):
+        return self.scale * self.proj(self.table(bigram_buckets(ids, self.buckets)))
+
+
+def rope_tables(seq_len: int, rope_dims: int, base: float):
+    inv = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
+    f = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv)
+    return f.cos(), f.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates the first 2*cos.size(-1) dims of x (B,T,H,D); the rest pass through."""
+    h = cos.size(-1)
+    T = x.size(1)
+    c, s = cos[None, :T, None].to(x.dtype), sin[None, :T, None].to(x.dtype)
+    x1, x2 = x[..., :h], x[..., h:2 * h]
+    return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s, x[..., 2 * h:]], -1)
+
+
+def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """XSA: remove from each head's output y (B,H,T,D) its component along the token's own
+    value direction v (B,Hkv,T,D); head h uses KV head h // (H/Hkv)."""
+    B, H, T, D = y.shape
+    vn = F.normalize(v.float(), dim=-1).to(y.dtype).unsqueeze(2)  # (B,Hkv,1,T,D)
+    y = y.view(B, v.size(1), H // v.size(1), T, D)
+    return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, H, T, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, h: Hyperparameters, xsa: bool, use_ve: bool):
+        super().__init__()
+        d, self.nh, self.nkv = h.model_dim, h.num_heads, h.num_kv_heads
+        self.hd = d // h.num_heads
+        self.q = CastedLinear(d, d)
+        self.k = CastedLinear(d, self.nkv * self.hd)
+        self.v = CastedLinear(d, self.nkv * self.hd)
+        self.proj = CastedLinear(d, d, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((self.nh,), h.qk_gain_init))
+        self.ve_gain = nn.Parameter(torch.tensor(1.0)) if use_ve else None
+        self.xsa = xsa
+
+    def forward(self, x, cos, sin, ve=None):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.nh, self.hd)
+        k = self.k(x).view(B, T, self.nkv, self.hd)
+        v = self.v(x).view(B, T, self.nkv, self.hd)
+        if ve is not None:
+            v = v + (self.ve_gain * ve).view(B, T, self.nkv, self.hd).to(v.dtype)
+        q = apply_rope(rms_norm(q), cos, sin) * self.q_gain[:, None].to(v.dtype)
+        k = apply_rope(rms_norm(k), cos, sin)
+        q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.hd ** -0.5,
+                                           enable_gqa=self.nkv != self.nh)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.up = CastedLinear(d, hidden)
+        self.down = CastedLinear(hidden, d, zero_init=True)
+
+    def forward(self, x):
+        return self.down(F.leaky_relu(self.up(x), 0.5).square())
+
+
+class Block(nn.Module):
+    def __init__(self, h: Hyperparameters, i: int):
+        super().__init__()
+        d = h.model_dim
+        xsa_n = h.num_layers if h.xsa_last_n < 0 else h.xsa_last_n
+        self.attn = Attention(h, xsa=i >= h.num_layers - xsa_n, use_ve=i >= h.num_layers - h.ve_layers)
+        self.mlp = MLP(d, h.mlp_hidden)
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)]))
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.in_scale = 1.0 / math.sqrt(i + 1)
+
+    def forward(self, x, x0, cos, sin, ve=None):
+        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
+        return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+
+
+def unet_skip_plan(num_layers: int) -> list[tuple[int, int]]:
+    """(decoder layer, encoder layer whose output it receives): LIFO over the encoder."""
+    enc = num_layers // 2
+    return [(enc + j, enc - 1 - j) for j in range(min(enc, num_layers - enc))]
+
+
+class GPT(nn.Module):
+    def __init__(self, h: Hyperparameters):
+        super().__init__()
+        self.h = h
+        d = h.model_dim
+        self.tok_emb = QEmbedding(h.vocab_size, d, 0.005)
+        self.bigram = BigramHash(h.bigram_buckets, h.bigram_dim, d)
+        self.smear_gate = nn.Parameter(torch.zeros(d))
+        kv_dim = h.num_kv_heads * (d // h.num_heads)
+        self.ve_table = QEmbedding(h.vocab_size, h.ve_dim, 0.01)
+        self.ve_proj = CastedLinear(h.ve_dim, kv_dim)
+        self.ve_scale = nn.Parameter(torch.tensor(0.1))
+        self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
+        self.n_enc = h.num_layers // 2
+        self.skip_weights = nn.Parameter(torch.ones(len(unet_skip_plan(h.num_layers)), d))
+        cos, sin = rope_tables(h.train_seq_len, h.rope_dims, h.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduce: bool = True):
+        x = rms_norm(self.tok_emb(ids) + self.bigram(ids))
+        g = torch.sigmoid(self.smear_gate)
+        x = torch.cat([x[:, :1], (1 - g) * x[:, 1:] + g * x[:, :-1]], 1)
+        x0 = x
+        ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
+        skips = []
+        for i, blk in enumerate(self.blocks):
+            j = i - self.n_enc
+            if 0 <= j < self.skip_weights.size(0):
+                x = x + self.skip_weights[j] * skips.pop()
+            x = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None)
+            if i < self.n_enc:
+                skips.append(x)
+        x = rms_norm(x)
+        logits = F.linear(x, self.tok_emb.qweight().to(x.dtype)).float()
+        logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        return nll.mean() if reduce else nll.view(targets.shape)
+
+
+def quantized_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module whose 2-D weight ships as int5 (and sees QAT)."""
+    return [m for m in model.modules() if isinstance(m, QATMixin)]
+
+
+def set_qat(model: nn.Module, on: bool) -> None:
+    for m in quantized_modules(model):
+        m.qat = on
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
+    """Newton-Schulz quintic orthogonalisation of a batch of matrices (B,R,C), in bf16."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16()
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum + Nesterov, orthogonalised update, decoupled weight decay. Matrices of one
+    shape are batched; rank r orthogonalises every world-th of them, and one all-reduce
+    shares the updates."""
+
+    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_steps, self.rank, self.world = ns_steps, rank, world
+        self.ns = zeropower_ns5
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            ps, lr, mom = group["params"], group["lr"], group["momentum"]
+            offs = np.cumsum([0] + [p.numel() for p in ps]).tolist()
+            flat = torch.zeros(offs[-1], device=ps[0].device, dtype=torch.bfloat16)
+            by_shape: dict = {}
+            for i, p in enumerate(ps):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idxs in by_shape.items():
+                mine = idxs[self.rank::self.world]
+                if not mine:
+                    continue
+                gs = []
+                for i in mine:
+                    st = self.state[ps[i]]
+                    buf = st.setdefault("momentum_buffer", torch.zeros_like(ps[i]))
+                    buf.mul_(mom).add_(ps[i].grad)
+                    gs.append(ps[i].grad.add(buf, alpha=mom))
+                u = self.ns(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
+                for k, i in enumerate(mine):
+                    flat[offs[i]:offs[i + 1]] = u[k].flatten()
+            if self.world > 1:
+                dist.all_reduce(flat)
+            for i, p in enumerate(ps):
+                p.mul_(1 - lr * group["weight_decay"]).add_(flat[offs[i]:offs[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
+
+
+def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fused: bool):
+    muon_ids = {id(m.weight) for m in model.modules() if isinstance(m, CastedLinear)}
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, QEmbedding)}
+    params = list(model.parameters())
+    muon = Muon([p for p in params if id(p) in muon_ids], h.matrix_lr, h.muon_momentum,
+                h.weight_decay, h.muon_backend_steps, rank, world)
+    adam = torch.optim.AdamW(
+        [dict(params=[p for p in params if id(p) in embed_ids], lr=h.embed_lr),
+         dict(params=[p for p in params if id(p) not in muon_ids | embed_ids], lr=h.scalar_lr)],
+        betas=(0.9, 0.95), eps=1e-8, weight_decay=h.weight_decay, fused=fused)
+    for opt in (muon, adam):
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+    return [muon, adam]
+
+
+def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
+    """1 until the last `warmdown` steps, then linear to 0 at total_steps."""
+    return 1.0 if warmdown <= 0 else max(0.0, min(1.0, (total_steps - step) / warmdown))
+
+
+def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) -> None:
+    """Averages (or sums) gradients across ranks with one flat all-reduce; no grad = 0."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world == 1:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    if mean:
+        flat /= world
+    o = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[o:o + g.numel()].view_as(g)
+        o += g.numel()
+
+
+# ----------------------------------------------------------------------------- artifact
+# Prune, quantize every QAT module weight to int5, keep the rest fp32; pack into a
+# self-describing container (magic, JSON header, raw little-endian arrays; no pickle) and
+# compress with zstd-22. Written atomically; loads validate everything before use.
+
+ARTIFACT_MAGIC = b"PGINT5\x00\x01"
+
+
+def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
+    k = int(frac * w.numel())
+    if k == 0:
+        return w.clone()
+    thresh = w.abs().flatten().kthvalue(k).values
+    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
+
+
+def quantize_state(state: dict, int5_names: set, prune: float) -> dict:
+    """name -> ('int5', q, scale) or ('raw', fp32 tensor)."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().float().cpu()
+        out[name] = ("int5", *quantize_int5(prune_smallest(t, prune))) if name in int5_names else ("raw", t)
+    return out
+
+
+def pack_artifact(qstate: dict) -> bytes:
+    import zstandard
+    arrays, int5 = [], []
+    for name, entry in qstate.items():
+        if entry[0] == "int5":
+            int5.append(name)
+            arrays.append((name + ".q", (entry[1].numpy().astype(np.int16) + 15).astype(np.uint8)))
+            arrays.append((name + ".scale", entry[2].numpy().astype("<f2")))
+        else:
+            arrays.append((name, entry[1].numpy().astype("<f4")))
+    arrays.sort(key=lambda a: not a[0].endswith(".q"))  # int5 symbols together compress best
+    header = json.dumps({"int5": int5, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
+    blob = ARTIFACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for _, a in arrays)
+    return zstandard.ZstdCompressor(level=22, write_checksum=True).compress(blob)
+
+
+def unpack_artifact(data: bytes) -> dict:
+    """Inverse of pack_artifact -> name -> fp32 tensor. Raises RunError on any corruption."""
+    import zstandard
+    try:
+        blob = zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as e:
+        raise RunError(f"artifact is not a complete zstd stream ({e})")
+    if not blob.startswith(ARTIFACT_MAGIC):
+        raise RunError("artifact has no int5 container header (wrong file?)")
+    try:
+        (hlen,) = struct.unpack_from("<I", blob, len(ARTIFACT_MAGIC))
+        start = len(ARTIFACT_MAGIC) + 4
+        header = json.loads(blob[start:start + hlen])
+        off, arrays = start + hlen, {}
+        for name, dtype, shape in header["arrays"]:
+            dt = np.dtype(dtype)
+            if dt.str not in ("|u1", "<f2", "<f4"):
+                raise ValueError(f"dtype {dtype}")
+            n = int(np.prod(shape)) * dt.itemsize
+            if off + n > len(blob):
+                raise ValueError("truncated payload")
+            arrays[name] = np.frombuffer(blob, dt, count=n // dt.itemsize, offset=off).reshape(shape)
+            off += n
+        if off != len(blob):
+            raise ValueError(f"{len(blob) - off} trailing bytes")
+        out = {}
+        for name in header["int5"]:
+            q = torch.from_numpy(arrays.pop(name + ".q").astype(np.int8) - 15)
+            out[name] = dequantize_int5(q, torch.from_numpy(arrays.pop(name + ".scale").copy()))
+        out.update({n: torch.from_numpy(a.astype(np.float32)) for n, a in arrays.items()})
+        return out
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise RunError(f"corrupt artifact container: {e}")
+
+
+def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float,
+                      cap: int = BYTE_CAP, log=print) -> tuple[bytes, float]:
+    """Packs at `prune`; while code + artifact exceeds the cap, prunes 5 points more."""
+    while True:
+        blob = pack_artifact(quantize_state(state, int5_names, prune))
+        total = code_bytes + len(blob)
+        if total <= cap:
+            return blob, prune
+        if prune >= 0.95:
+            raise RunError(f"artifact cannot fit: {total} bytes > cap {cap} even at prune {prune:.2f}")
+        log(f"artifact over cap: {total} > {cap} at prune {prune:.2f}; pruning more")
+        prune = min(0.95, round(prune + 0.05, 4))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
+    model = GPT(h)
+    state = unpack_artifact(path.read_bytes())
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        raise RunError(f"artifact {path} does not match the model configuration")
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------- evaluation & TTT
+# Target j is token j+1 predicted from tokens <= j. A window ending at e feeds tokens
+# [e-L, e) and scores targets [s, e); windows tile a target range so each is scored once.
+
+def window_plan(lo: int, hi: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
+    """(end, score_from) windows scoring targets [lo, hi) exactly once, each with >= L-stride
+    context (the first window of the stream scores all its targets)."""
+    plan, e = [], lo
+    while e < hi:
+        end = min(hi, max(e + stride, seq_len))
+        plan.append((end, e))
+        e = end
+    return plan
+
+
+def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: int,
+                  lo: int, hi: int, rank: int, world: int, device) -> torch.Tensor:
+    """Per-target nll for targets [lo, hi), summed across ranks (each rank scores a share)."""
+    out = torch.zeros(hi - lo, device=device)
+    mine = plan[rank::world]
+    batch_seqs = max(1, min(batch_seqs, len(mine)))
+    ar = torch.arange(seq_len, device=device)
+    for b in range(0, len(mine), batch_seqs):
+        part = mine[b:b + batch_seqs]
+        part = part + [part[-1]] * (batch_seqs - len(part))  # fixed shape; pads add zeros
+        ends = torch.tensor([p[0] for p in part], device=device)
+        froms = torch.tensor([p[1] for p in part], device=device)
+        froms[len(mine[b:b + batch_seqs]):] = ends[len(mine[b:b + batch_seqs]):]
+        idx = ends[:, None] - seq_len + ar  # target index of each window position
+        toks = tokens.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            nll = model(toks[idx], toks[idx + 1], reduce=False).float()
+        keep = idx >= froms[:, None]
+        out.index_put_(((idx - lo).clamp_min(0).flatten(),), (nll * keep).flatten(), accumulate=True)
+    if world > 1:
+        dist.all_reduce(out)
+    return out
+
+
+def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device) -> torch.Tensor:
+    n = tokens.numel() - 1
+    model.eval()
+    with torch.inference_mode():
+        return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len,
+                             batch_seqs, 0, n, rank, world, device)
+
+
+def ttt_keep_adapting(elapsed: float, adapt_avg: float, score_avg: float, chunks_left: int,
+                      budget: float) -> bool:
+    """Adapt once more only if that and scoring every remaining chunk fit in the budget."""
+    return elapsed + adapt_avg + 1.1 * score_avg * chunks_left <= budget
+
+
+def ttt_params(model: GPT) -> list[nn.Parameter]:
+    """The MLP matrices, selected by module identity."""
+    return [p for blk in model.blocks for p in (blk.mlp.up.weight, blk.mlp.down.weight)]
+
+
+def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int,
+             world: int, device, nbytes: torch.Tensor, clock, log=print,
+             budget: float | None = None) -> torch.Tensor:
+    """Score-first TTT: for each chunk, score it under inference_mode, then (except for the
+    last) adapt the MLP matrices on it. Returns per-target nll over the whole stream."""
+    L, C = h.train_seq_len, h.ttt_chunk_tokens
+    n = tokens.numel() - 1
+    n_chunks = math.ceil(n / C)
+    budget = h.max_eval_seconds if budget is None else budget
+    params = ttt_params(model)
+    chosen = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    nll = torch.zeros(n, device=device)
+    adapting, score_t, adapt_t, adapts = h.ttt_epochs > 0, 0.0, 0.0, 0
+    for c in range(n_chunks):
+        lo, hi = c * C, min(n, (c + 1) * C)
+        t0 = time.perf_counter()
+        model.eval()
+        with torch.inference_mode():
+            nll[lo:hi] = score_windows(run_model, tokens, window_plan(lo, hi, L, h.eval_stride), L,
+                                       h.eval_batch_seqs, lo, hi, rank, world, device)
+        score_t += time.perf_counter() - t0
+        if adapting and c < n_chunks - 1:
+            elapsed = torch.tensor([clock()], device=device)
+            if world > 1:
+                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+            if not ttt_keep_adapting(elapsed.item(), adapt_t / max(adapts, 1), score_t / (c + 1),
+                                     n_chunks - c - 1, budget):
+                adapting = False
+                log(f"ttt budget: stopped adapting after chunk {c}/{n_chunks}, elapsed {elapsed.item():.1f}s; scoring the rest")
+        if adapting and c < n_chunks - 1:
+            t0 = time.perf_counter()
+            lr = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(1, n_chunks - 2)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            starts = list(range(lo, hi - L + 1, L))
+            model.train()
+            for _ in range(h.ttt_epochs):
+                for b in range(0, len(starts), h.ttt_batch_seqs):
+                    batch = starts[b:b + h.ttt_batch_seqs]
+                    mine = torch.tensor(batch[rank::world], dtype=torch.long)
+                    if len(mine):
+                        idx = (mine[:, None] + torch.arange(L)).to(device)
+                        toks = tokens.to(device)
+                        with torch.autocast(device.type, dtype=torch.bfloat16):
+                            loss = run_model(toks[idx], toks[idx + 1], reduce=False).float().sum()
+                        (loss / (len(batch) * L)).backward()
+                    all_reduce_grads(params, world, mean=False)  # loss is already the global mean
+                    torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            adapt_t, adapts = adapt_t + time.perf_counter() - t0, adapts + 1
+        if h.ttt_log_every > 0 and ((c + 1) % h.ttt_log_every == 0 or c == n_chunks - 1):
+            log(f"ttt_chunk [{c + 1}/{n_chunks}] bpb={bpb(nll[:hi], nbytes[:hi])[1]:.4f} time={clock():.1f}s")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return nll
+
+
+# ----------------------------------------------------------------------------- main
+
+class Logger:
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        if self.path:
+            print(msg, flush=True)
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+
+
+def make_clock():
+    """Seconds since this call."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def main() -> None:
+    h = Hyperparameters.from_env()
+    distributed = "RANK" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if distributed:
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    out_dir = Path(h.out_dir)
+    h.run_id = h.run_id or uuid.uuid4().hex[:8]
+    log = Logger(out_dir / "logs" / f"{h.run_id}.txt" if rank == 0 else None)
+    accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
+    if h.train_batch_tokens % (world * accum * h.train_seq_len):
+        raise RunError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={h.train_seq_len}")
+    if h.ttt_chunk_tokens < h.train_seq_len or h.eval_stride <= 0 or h.eval_stride > h.train_seq_len:
+        raise RunError("need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN")
+    do_compile = h.compile == 1 or (h.compile < 0 and cuda)
+    log("hparams " + json.dumps(asdict(h)))
+    log(f"world_size:{world} grad_accum:{accum} device:{torch.cuda.get_device_name(device) if cuda else 'cpu'} compile:{do_compile}")
+    torch.manual_seed(h.seed)
+    np.random.seed(h.seed)
+
+    import sentencepiece as spm
+    if not Path(h.tokenizer_path).is_file():
+        raise RunError(f"tokenizer not found: {h.tokenizer_path}")
+    luts = build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
+    val_tokens = load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
+    if int(val_tokens.max()) >= h.vocab_size:
+        raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
+    val_bytes = target_bytes(val_tokens, luts).to(device)
+    train_pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
+    stream = TokenStream(train_pattern)
+
+    model = GPT(h).to(device)
+    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
+    params = list(model.parameters())
+    optimizers = build_optimizers(model, h, rank, world, fused=cuda)
+    if do_compile:
+        optimizers[0].ns = torch.compile(zeropower_ns5)
+    run_model = torch.compile(model, fullgraph=True) if do_compile else model
+
+    def train_step(x, y) -> torch.Tensor:
+        total = torch.zeros((), device=device)
+        for xm, ym in zip(x.chunk(accum), y.chunk(accum)):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = run_model(xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
+            (loss / accum).backward()
+            total += loss.detach() / accum
+        all_reduce_grads(params, world)
+        torch.nn.utils.clip_grad_norm_(params, h.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        return total
+
+    def set_lr(mult: float, step: int) -> None:
+        frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
+        for g in optimizers[0].param_groups:
+            g["momentum"] = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mult
+
+    def validate(weights_model) -> tuple[float, float]:
+        n = val_tokens.numel() - 1
+        L = h.train_seq_len
+        nll = eval_sliding(weights_model, val_tokens, L, L, max(1, h.val_batch_size // (world * L)), rank, world, device)
+        weights_model.train()
+        return bpb(nll, val_bytes[:n])
+
+    # Compile priming: a few real steps (half with QAT on, so both graphs exist), then undone.
+    if h.warmup_steps > 0:
+        snapshot = ({k: v.clone() for k, v in model.state_dict().items()},
+                    [{"state": {}, "param_groups": o.state_dict()["param_groups"]} for o in optimizers])
+        for i in range(h.warmup_steps):
+            set_qat(model, i >= h.warmup_steps // 2)
+            set_lr(1.0, 0)
+            train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
+        set_qat(model, False)
+        model.load_state_dict(snapshot[0])
+        for opt, sd in zip(optimizers, snapshot[1]):
+            opt.load_state_dict(sd)
+        stream = TokenStream(train_pattern)
+        log(f"compile priming: {h.warmup_steps} steps run and undone")
+
+    ema = [p.detach().float().clone() for p in params]
+    wallclock_ms = 1000 * h.max_wallclock_seconds
+    stop_at, step, train_ms, qat_on = h.iterations, 0, 0.0, False
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while step < stop_at:
+        mult = lr_multiplier(step, stop_at, h.warmdown_iters)
+        if not qat_on and mult < h.qat_threshold:
+            qat_on = True
+            set_qat(model, True)
+            log(f"qat: int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
+        set_lr(mult, step)
+        loss = train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
+        with torch.no_grad():
+            d = min(h.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
+        step += 1
+        # Host-device syncs only here: logging steps share one clock across ranks.
+        if step <= 10 or step % h.train_log_every == 0 or step == stop_at:
+            if cuda:
+                torch.cuda.synchronize()
+            stats = torch.tensor([train_ms + 1000 * (time.perf_counter() - t0), loss.item()], device=device)
+            if world > 1:
+                dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+            elapsed, loss_v = stats.tolist()
+            if not math.isfinite(loss_v):
+                raise RunError(f"non-finite training loss at step {step}")
+            log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
+            if wallclock_ms > 0:
+                stop_at = min(h.iterations, step + int((wallclock_ms - elapsed) // (elapsed / step)))
+        if h.val_loss_every > 0 and step % h.val_loss_every == 0 and step < stop_at:
+            if cuda:
+                torch.cuda.synchronize()
+            train_ms += 1000 * (time.perf_counter() - t0)
+            vl, vb = validate(run_model)
+            log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
+            t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize()
+    train_ms += 1000 * (time.perf_counter() - t0)
+    log(f"training done: {step} steps, train_time:{train_ms:.0f}ms")
+    if cuda:
+        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+
+    # ---- everything from here counts against the eval budget
+    clock = make_clock()
+    set_qat(model, False)
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    pre_loss, pre_bpb = validate(model)
+    log(f"step:{step}/{step} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
+    log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
+
+    artifact = out_dir / "final_model.int5.ptz"
+    code_bytes = len(Path(__file__).read_bytes())
+    status = [None]
+    if rank == 0:
+        try:
+            int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
+            blob, prune = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct, log=log)
+            write_atomic(artifact, blob)
+            status = [(len(blob), prune)]
+        except RunError as e:
+            status = [str(e)]
+    if world > 1:
+        dist.broadcast_object_list(status, src=0)
+    if isinstance(status[0], str):
+        raise RunError(status[0])
+    model_bytes, prune = status[0]
+    log(f"artifact prune_pct:{prune:.2f} path:{artifact}")
+    log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{BYTE_CAP}")
+
+    qmodel = load_artifact_model(artifact, h, device)
+    q_run = torch.compile(qmodel, fullgraph=True) if do_compile else qmodel
+    rt_loss, rt_bpb = validate(qmodel)
+    log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}")
+    n = val_tokens.numel() - 1
+    nll = eval_sliding(q_run, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rank, world, device)
+    sl_loss, sl_bpb = bpb(nll, val_bytes[:n])
+    log(f"final_sliding_exact val_loss:{sl_loss:.8f} val_bpb:{sl_bpb:.8f} eval_time:{clock():.1f}s")
+    final_loss, final_bpb, ttt_bpb = sl_loss, sl_bpb, None
+    if h.ttt_enabled:
+        nll = eval_ttt(qmodel, q_run, val_tokens, h, rank, world, device, val_bytes[:n], clock, log)
+        final_loss, final_bpb = bpb(nll, val_bytes[:n])
+        ttt_bpb = final_bpb
+        log(f"legal_ttt_exact val_loss:{final_loss:.8f} val_bpb:{final_bpb:.8f} ttt_gain:{sl_bpb - final_bpb:.6f}")
+    eval_s = clock()
+    log(f"eval_time:{eval_s:.1f}s train_time:{train_ms / 1000:.1f}s")
+    if rank == 0:
+        dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+        sub = dict(name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT", github_id=h.github_id,
+                   val_bpb=round(final_bpb, 8), val_loss=round(final_loss, 8),
+                   bytes_total=code_bytes + model_bytes, bytes_code=code_bytes, bytes_model=model_bytes,
+                   steps=step, train_time_s=round(train_ms / 1000, 2), eval_time_s=round(eval_s, 2),
+                   world_size=world, device=dev_name, seed=h.seed,
+                   date=time.strftime("%Y-%m-%d", time.gmtime()),
+                   prequant_val_bpb=round(pre_bpb, 8), roundtrip_val_bpb=round(rt_bpb, 8),
+                   sliding_val_bpb=round(sl_bpb, 8), ttt_val_bpb=None if ttt_bpb is None else round(ttt_bpb, 8),
+                   prune_pct=prune, run_id=h.run_id,
+                   blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, "
+                         f"int5+zstd-22, sliding eval stride {h.eval_stride}"
+                         + (", score-first TTT" if h.ttt_enabled else "") + f"; {world}x {dev_name}")
+        write_atomic(out_dir / "submission.json", (json.dumps(sub, indent=2) + "\n").encode())
+        log(f"submission.json written: val_bpb {final_bpb:.8f}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
