@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+SMALL = dict(num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_hidden=128,
+             bigram_buckets=64, bigram_dim=16, ve_dim=16, train_seq_len=32, vocab_size=128)
+
+
+def small_model(tg, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = tg.GPT(tg.Hyperparameters(**{**SMALL, **kw}))
+    with torch.no_grad():  # leave the zero init so every path carries signal
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_model_is_causal(tg):
+    model = small_model(tg)
+    ids = torch.randint(0, 128, (2, 32))
+    tgt = torch.randint(0, 128, (2, 32))
+    base = model(ids, tgt, reduce=False)
+    ids2 = ids.clone()
+    ids2[:, 20] = (ids2[:, 20] + 1) % 128
+    out = model(ids2, tgt, reduce=False)
+    assert torch.equal(base[:, :20], out[:, :20])
+    assert not torch.allclose(base[:, 20:], out[:, 20:])
+
+
+def test_xsa_output_is_orthogonal_to_own_value(tg):
+    y = torch.randn(2, 8, 10, 16)
+    v = torch.randn(2, 4, 10, 16)
+    out = tg.exclusive_self_attention(y, v)
+    vn = torch.nn.functional.normalize(v, dim=-1).repeat_interleave(2, dim=1)
+    assert (out * vn).sum(-1).abs().max() < 1e-5
+    # the part removed is exactly the projection on the own value direction
+    assert torch.allclose(y - out, (y * vn).sum(-1, keepdim=True) * vn, atol=1e-5)
+
+
+def test_xsa_is_on_every_layer_by_default_and_ve_on_the_last_two(tg):
+    model = tg.GPT(tg.Hyperparameters(**{**SMALL, "num_layers": 11}))
+    assert all(b.attn.xsa for b in model.blocks)
+    assert [b.attn.ve_gain is not None for b in model.blocks] == [False] * 9 + [True] * 2
+    model = tg.GPT(tg.Hyperparameters(**{**SMALL, "num_layers": 11, "xsa_last_n": 3}))
+    assert [b.attn.xsa for b in model.blocks] == [False] * 8 + [True] * 3
+
+
+def test_bigram_buckets_in_range_and_first_position_reserved(tg):
+    ids = torch.randint(0, 1024, (4, 300))
+    b = tg.bigram_buckets(ids, 4096)
+    assert b.min() >= 0 and b.max() < 4096
+    assert (b[:, 0] == 4095).all() and (b[:, 1:] < 4095).all()
+    assert b[0, 5] == ((36313 * ids[0, 5].item()) ^ (27191 * ids[0, 4].item())) % 4095
+
+
+def test_unet_skip_wiring(tg):
+    assert tg.unet_skip_plan(11) == [(5, 4), (6, 3), (7, 2), (8, 1), (9, 0)]
+    model = small_model(tg, num_layers=11)
+    ins, outs = {}, {}
+    def record(i):
+        def hook(module, args, out):
+            ins[i], outs[i] = args[0], out
+        return hook
+    for i, blk in enumerate(model.blocks):
+        blk.register_forward_hook(record(i))
+    ids = torch.randint(0, 128, (1, 32))
+    model(ids, ids)
+    for j, (dec, enc) in enumerate(tg.unet_skip_plan(11)):
+        want = outs[dec - 1] + model.skip_weights[j] * outs[enc]
+        assert torch.allclose(ins[dec], want, atol=1e-6), (dec, enc)
+    assert torch.equal(ins[10], outs[9])  # the last block gets no skip
+
+
+def test_default_model_has_about_27m_parameters(tg):
+    with torch.device("meta"):
+        model = tg.GPT(tg.Hyperparameters())
+    n = sum(p.numel() for p in model.parameters())
+    assert 26_500_000 < n < 28_000_000
+
+
+def test_model_compiles_without_graph_breaks(tg):
+    model = small_model(tg)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    ids = torch.randint(0, 128, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = compiled(ids, ids)
+    loss.backward()
+    tg.set_qat(model, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled(ids, ids).backward()
+
+
+def test_muon_update_is_orthogonal_and_shape_scaled(tg):
+    g = torch.randn(3, 64, 32)
+    u = tg.zeropower_ns5(g, 5).float()
+    sv = torch.linalg.svdvals(u)
+    assert sv.min() > 0.5 and sv.max() < 1.3
+
+
+def test_hyperparameters_from_env(tg):
+    h = tg.Hyperparameters.from_env({"NUM_LAYERS": "3", "MATRIX_LR": "0.01", "DATA_PATH": "x"})
+    assert (h.num_layers, h.matrix_lr, h.data_path, h.max_wallclock_seconds) == (3, 0.01, "x", 600.0)
+    with pytest.raises(tg.RunError, match="NUM_LAYERS"):
+        tg.Hyperparameters.from_env({"NUM_LAYERS": "many"})
