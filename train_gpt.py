@@ -869,10 +869,12 @@ def main() -> None:
         if step <= 10 or step % h.train_log_every == 0 or step == stop_at:
             if cuda:
                 torch.cuda.synchronize()
-            stats = torch.tensor([train_ms + 1000 * (time.perf_counter() - t0), loss.item()], device=device)
-            if world > 1:
-                dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-            elapsed, loss_v = stats.tolist()
+            elapsed = torch.tensor(train_ms + 1000 * (time.perf_counter() - t0), device=device)
+            if world > 1:  # one clock (the slowest rank) and the global mean loss
+                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+                dist.all_reduce(loss)
+                loss /= world
+            elapsed, loss_v = elapsed.item(), loss.item()
             if not math.isfinite(loss_v):
                 raise RunError(f"non-finite training loss at step {step}")
             log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")

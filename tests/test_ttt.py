@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from test_model import small_model
+
+L = 32
+
+
+def plan_coverage(plan, lo, hi, seq_len):
+    cover = torch.zeros(hi, dtype=torch.long)
+    for end, frm in plan:
+        assert end - seq_len >= 0 and frm >= end - seq_len and end <= hi
+        cover[frm:end] += 1
+    return cover[lo:]
+
+
+@pytest.mark.parametrize("n,stride", [(1000, 8), (1000, 32), (32, 8), (999, 7), (64, 32)])
+def test_sliding_plan_scores_every_target_exactly_once(tg, n, stride):
+    plan = tg.window_plan(0, n, L, stride)
+    assert (plan_coverage(plan, 0, n, L) == 1).all()
+    assert plan[0] == (L, 0)  # the first window scores all its targets
+    assert all(end - frm <= stride for end, frm in plan[1:])  # later ones >= L - stride context
+
+
+def test_chunked_plans_tile_the_stream_like_one_plan(tg):
+    n, C, S = 1000, 128, 8
+    chunks = [tg.window_plan(lo, min(n, lo + C), L, S) for lo in range(0, n, C)]
+    assert sum(chunks, []) == tg.window_plan(0, n, L, S)
+
+
+def make_setup(tg, n=600, **kw):
+    h = tg.Hyperparameters(**{**dict(num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
+                                     bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128,
+                                     eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=128, ttt_batch_seqs=2,
+                                     ttt_lr=1e-2, ttt_log_every=0), **kw})
+    torch.manual_seed(3)
+    tokens = torch.randint(0, 128, (n + 1,))
+    return h, tokens
+
+
+def run_ttt(tg, h, tokens, budget=None):
+    model = small_model(tg, **{k: getattr(h, k) for k in ("num_layers", "model_dim", "num_heads", "num_kv_heads",
+                                                          "mlp_hidden", "bigram_buckets", "bigram_dim", "ve_dim",
+                                                          "train_seq_len", "vocab_size")})
+    logs = []
+    nll = tg.eval_ttt(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
+                      lambda: 0.0, logs.append, budget=budget)
+    return model, nll, logs
+
+
+def test_score_first_ttt_is_causal(tg):
+    h, tokens = make_setup(tg)
+    _, base, _ = run_ttt(tg, h, tokens)
+    p = 300  # token p sits in chunk 2 (targets 256..383)
+    changed = tokens.clone()
+    changed[p] = (changed[p] + 1) % 128
+    _, out, _ = run_ttt(tg, h, changed)
+    # target j predicts token j+1: targets before p-1 never saw token p
+    assert torch.equal(base[:p - 1], out[:p - 1])
+    assert not torch.allclose(base[384:], out[384:])  # later chunks do see the adaptation
+
+
+def test_ttt_with_zero_epochs_equals_the_sliding_score(tg):
+    h, tokens = make_setup(tg, ttt_epochs=0)
+    model, nll, _ = run_ttt(tg, h, tokens)
+    sliding = tg.eval_sliding(model, tokens, L, h.eval_stride, 8, 0, 1, torch.device("cpu"))
+    assert torch.allclose(nll, sliding, atol=1e-5)
+
+
+def test_ttt_adapts_only_mlp_matrices(tg):
+    h, tokens = make_setup(tg)
+    model0 = small_model(tg, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
+                         bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
+    model, _, _ = run_ttt(tg, h, tokens)
+    mlp = {id(p) for p in tg.ttt_params(model)}
+    for (n, p0), p in zip(model0.named_parameters(), model.parameters()):
+        assert torch.equal(p0, p) != (id(p) in mlp), n
+
+
+def test_budget_guard_stops_adapting_and_still_scores_everything(tg):
+    h, tokens = make_setup(tg)
+    model, nll, logs = run_ttt(tg, h, tokens, budget=-1.0)
+    assert any("stopped adapting" in m for m in logs)
+    sliding = tg.eval_sliding(model, tokens, L, h.eval_stride, 8, 0, 1, torch.device("cpu"))
+    assert (nll > 0).all() and torch.allclose(nll, sliding, atol=1e-5)
+    assert tg.ttt_keep_adapting(10, 1, 1, 5, 20) and not tg.ttt_keep_adapting(10, 5, 1, 5, 20)
+
+
+def test_sliding_with_stride_equal_window_is_the_standard_eval(tg):
+    h, tokens = make_setup(tg, n=L * 10)
+    model = small_model(tg, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
+                        bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
+    nll = tg.eval_sliding(model, tokens, L, L, 3, 0, 1, torch.device("cpu"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        direct = model(tokens[:-1].view(-1, L), tokens[1:].view(-1, L), reduce=False).float().flatten()
+    assert torch.allclose(nll, direct, atol=1e-5)
