@@ -1,0 +1,71 @@
+"""Full-size artifact figures on CPU: builds the default model (or any shape given by the
+usual env vars), trains it STEPS steps on the bench corpus so the weights leave their init,
+exports it exactly as train_gpt.py does and prints the size accounting.
+Usage: python3 bench/full_size_artifact.py   (STEPS=12 BENCH_SEQ_LEN=256 BENCH_BATCH=8192)"""
+import math, os, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train_gpt as tg  # noqa: E402
+
+shared = ROOT.parent / "shared" / "data"
+os.environ.setdefault("DATA_PATH", str(shared / "datasets" / "bench_sp1024"))
+h = tg.Hyperparameters.from_env()
+steps = int(os.environ.get("STEPS", 12))
+seq, batch = int(os.environ.get("BENCH_SEQ_LEN", 256)), int(os.environ.get("BENCH_BATCH", 8192))
+torch.manual_seed(0)
+model = tg.GPT(h)
+groups = {}
+for name, p in model.named_parameters():
+    g = name.split(".")[0] if not name.startswith("blocks") else "blocks." + ".".join(name.split(".")[2:4])
+    groups[g] = groups.get(g, 0) + p.numel()
+print(f"shape: layers {h.num_layers} dim {h.model_dim} heads {h.num_heads}/{h.num_kv_heads} mlp {h.mlp_hidden} "
+      f"bigram {h.bigram_buckets}x{h.bigram_dim}")
+for g, n in sorted(groups.items(), key=lambda kv: -kv[1]):
+    print(f"  params {g:<24} {n:>12,}")
+print(f"  params {'TOTAL':<24} {sum(groups.values()):>12,}")
+
+opts = tg.build_optimizers(model, h, 0, 1, fused=False)
+stream = tg.TokenStream(os.path.join(h.data_path, "fineweb_train_*.bin"))
+t0 = time.perf_counter()
+for step in range(steps):
+    x, y = tg.rank_batch(stream, batch, seq, 0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), h.grad_clip_norm)
+    for o in opts:
+        o.step()
+    model.zero_grad(set_to_none=True)
+    print(f"  train step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
+code = len((ROOT / "train_gpt.py").read_bytes())
+t0 = time.perf_counter()
+blob, prune = tg.export_within_cap(model.state_dict(), names, code, h.prune_pct)
+t_export = time.perf_counter() - t0
+q = tg.quantize_state(model.state_dict(), names, prune)
+syms = np.concatenate([q[n][1].numpy().ravel() for n in names])
+counts = np.bincount(syms.astype(np.int64) + 15, minlength=31)
+p = counts[counts > 0] / syms.size
+entropy_bits = float(-(p * np.log2(p)).sum())
+raw = sum(t[1].numel() * 4 for t in q.values() if t[0] == "raw")
+scales = sum(q[n][2].numel() * 2 for n in names)
+bound = syms.size * entropy_bits / 8 + scales + raw
+path = Path(os.environ.get("TMPDIR", "/tmp")) / "full_size.int5.ptz"
+tg.write_atomic(path, blob)
+t0 = time.perf_counter()
+tg.load_artifact_model(path, h, torch.device("cpu"))
+t_reload = time.perf_counter() - t0
+print(f"int5 weights: {syms.size:,}  zero fraction {float((syms == 0).mean()):.3f}  prune {prune:.2f}")
+print(f"order-0 entropy: {entropy_bits:.3f} bits/weight; entropy bound {bound:,.0f} bytes "
+      f"(symbols + fp16 scales {scales:,} + fp32 vectors {raw:,})")
+print(f"bytes_model {len(blob):,}  bits per quantized weight {8 * (len(blob) - scales - raw) / syms.size:.3f}  "
+      f"bytes_model / entropy_bound {len(blob) / bound:.4f}")
+print(f"bytes_code {code:,}  bytes_total {code + len(blob):,}  cap {tg.BYTE_CAP:,}  "
+      f"{'fits' if code + len(blob) <= tg.BYTE_CAP else 'OVER'} (headroom {tg.BYTE_CAP - code - len(blob):,})")
+print(f"export {t_export:.1f}s  reload {t_reload:.1f}s  (CPU, after {steps} training steps: not a full run)")
