@@ -1,0 +1,57 @@
+"""Bench ladder: runs the SPEC §9 bench configuration (bench/bench_config.sh) and prints one
+table row per run: pre-quant, roundtrip, quant gap, sliding, TTT, TTT gain, throughput, bytes.
+Usage: python3 bench/ladder.py [--val PATH_TO_VAL_SHARD ...] [--log EXISTING_LOG ...]
+--val adds a run whose validation is the given shard(s) (train shards stay the bench ones)."""
+import argparse, os, re, subprocess, sys, tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from logparse import parse_log  # noqa: E402
+
+BENCH = ROOT.parent / "shared" / "data" / "datasets" / "bench_sp1024"
+
+
+def run(label, data_path):
+    out = Path(tempfile.mkdtemp(prefix="ladder_"))
+    env = dict(os.environ, DATA_PATH=str(data_path), RUN_ID=label)
+    subprocess.run(["bash", str(ROOT / "bench" / "bench_config.sh"), str(out)], env=env, check=True)
+    return out / "logs" / f"{label}.txt"
+
+
+def row(label, path):
+    log = parse_log(path)
+    text = Path(path).read_text()
+    hp = log["hparams"]
+    pre = log["val"][-1][2] if log["val"] else float("nan")
+    rt, sl, tt = (log[k][1] if log[k] else float("nan") for k in ("roundtrip", "sliding", "ttt_final"))
+    step, _, ms = log["train"][-1]
+    ev = re.search(r"final_sliding_exact .*eval_time:([\d.]+)s", text)
+    ttt_s = re.findall(r"ttt_chunk \[\d+/\d+\] bpb=\S+ time=([\d.]+)s", text)
+    total = re.search(r"^eval_time:([\d.]+)s", text, re.M)
+    return (f"| {label} | {pre:.4f} | {rt:.4f} | {rt - pre:+.4f} | {sl:.4f} | {tt:.4f} | {sl - tt:+.4f} | "
+            f"{hp['train_batch_tokens'] * step / (ms / 1000):,.0f} | {float(ttt_s[-1]) - float(ev.group(1)) if ttt_s and ev else float('nan'):.0f} | "
+            f"{float(total.group(1)) if total else float('nan'):.0f} | {log['artifact'].get('bytes_total', 0):,} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--val", nargs="*", default=[], help="extra validation shard(s) for a second run")
+    ap.add_argument("--log", nargs="*", default=[], help="tabulate existing logs instead of running")
+    a = ap.parse_args()
+    logs = [(Path(p).stem, p) for p in a.log] or [("bench", run("bench", BENCH))]
+    if a.val:
+        d = Path(tempfile.mkdtemp(prefix="ladder_data_"))
+        for f in sorted(BENCH.glob("fineweb_train_*.bin")):
+            (d / f.name).symlink_to(f)
+        for i, v in enumerate(a.val):
+            (d / f"fineweb_val_{i:06d}.bin").symlink_to(Path(v).resolve())
+        logs.append(("bench_val2", run("bench_val2", d)))
+    print("| run | pre-quant | roundtrip | quant gap | sliding | TTT | TTT gain | train tok/s | TTT s | eval s | bytes_total |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, p in logs:
+        print(row(label, p))
+
+
+if __name__ == "__main__":
+    main()
