@@ -639,6 +639,7 @@ def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: i
     mine = plan[rank::world]
     batch_seqs = max(1, min(batch_seqs, len(mine)))
     ar = torch.arange(seq_len, device=device)
+    toks = tokens.to(device)  # no copy when the caller keeps tokens on the device
     for b in range(0, len(mine), batch_seqs):
         part = mine[b:b + batch_seqs]
         part = part + [part[-1]] * (batch_seqs - len(part))  # fixed shape; pads add zeros
@@ -646,7 +647,6 @@ def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: i
         froms = torch.tensor([p[1] for p in part], device=device)
         froms[len(mine[b:b + batch_seqs]):] = ends[len(mine[b:b + batch_seqs]):]
         idx = ends[:, None] - seq_len + ar  # target index of each window position
-        toks = tokens.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             nll = model(toks[idx], toks[idx + 1], reduce=False).float()
         keep = idx >= froms[:, None]
@@ -684,6 +684,7 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
     n = tokens.numel() - 1
     n_chunks = math.ceil(n / C)
     budget = h.max_eval_seconds if budget is None else budget
+    tokens = tokens.to(device)
     params = ttt_params(model)
     chosen = {id(p) for p in params}
     for p in model.parameters():
@@ -720,9 +721,8 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
                     mine = torch.tensor(batch[rank::world], dtype=torch.long)
                     if len(mine):
                         idx = (mine[:, None] + torch.arange(L)).to(device)
-                        toks = tokens.to(device)
                         with torch.autocast(device.type, dtype=torch.bfloat16):
-                            loss = run_model(toks[idx], toks[idx + 1], reduce=False).float().sum()
+                            loss = run_model(tokens[idx], tokens[idx + 1], reduce=False).float().sum()
                         (loss / (len(batch) * L)).backward()
                     all_reduce_grads(params, world, mean=False)  # loss is already the global mean
                     torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
@@ -791,7 +791,8 @@ def main() -> None:
     val_tokens = load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
     if int(val_tokens.max()) >= h.vocab_size:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
-    val_bytes = target_bytes(val_tokens, luts).to(device)
+    val_tokens = val_tokens.to(device)
+    val_bytes = target_bytes(val_tokens, luts)
     train_pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
     stream = TokenStream(train_pattern)
 
@@ -900,7 +901,7 @@ def main() -> None:
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    pre_loss, pre_bpb = validate(model)
+    pre_loss, pre_bpb = validate(run_model)
     log(f"step:{step}/{step} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
     log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
 
@@ -925,7 +926,7 @@ def main() -> None:
 
     qmodel = load_artifact_model(artifact, h, device)
     q_run = torch.compile(qmodel, fullgraph=True) if do_compile else qmodel
-    rt_loss, rt_bpb = validate(qmodel)
+    rt_loss, rt_bpb = validate(q_run)
     log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}")
     n = val_tokens.numel() - 1
     nll = eval_sliding(q_run, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rank, world, device)
