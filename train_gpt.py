@@ -73,9 +73,9 @@ class Hyperparameters:
     eval_batch_seqs: int = 32
     ttt_enabled: int = 1
     ttt_lr: float = 4e-4
-    ttt_epochs: int = 1
+    ttt_epochs: int = 3
     ttt_chunk_tokens: int = 32768
-    ttt_batch_seqs: int = 32
+    ttt_batch_seqs: int = 8
     ttt_grad_clip: float = 1.0
     ttt_log_every: int = 1
     compile: int = -1  # -1: on CUDA only
@@ -222,9 +222,18 @@ def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
-def fake_quant(w: torch.Tensor) -> torch.Tensor:
-    """Straight-through int5: forward sees the shipped weights, backward is identity."""
-    return w + (dequantize_int5(*quantize_int5(w)) - w).detach()
+def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
+    """Zeroes the `frac` smallest |w| of the matrix (the exporter's magnitude pruning)."""
+    k = int(frac * w.numel())
+    if k == 0:
+        return w
+    thresh = w.detach().abs().flatten().kthvalue(k).values
+    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
+
+
+def fake_quant(w: torch.Tensor, prune: float = 0.0) -> torch.Tensor:
+    """Straight-through prune + int5: forward sees the shipped weights, backward is identity."""
+    return w + (dequantize_int5(*quantize_int5(prune_smallest(w.detach(), prune))) - w).detach()
 
 
 # ----------------------------------------------------------------------------- model
@@ -234,10 +243,10 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class QATMixin:
-    qat = False  # switched on per module for late QAT
+    qat = None  # late QAT: the exporter's prune fraction once switched on
 
     def qweight(self) -> torch.Tensor:
-        return fake_quant(self.weight) if self.qat else self.weight
+        return self.weight if self.qat is None else fake_quant(self.weight, self.qat)
 
 
 class CastedLinear(QATMixin, nn.Linear):
@@ -410,9 +419,10 @@ def quantized_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, QATMixin)]
 
 
-def set_qat(model: nn.Module, on: bool) -> None:
+def set_qat(model: nn.Module, prune: float | None) -> None:
+    """QAT on (forward through prune + int5 at `prune`) or off (None)."""
     for m in quantized_modules(model):
-        m.qat = on
+        m.qat = prune
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -514,14 +524,6 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 # compress with zstd-22. Written atomically; loads validate everything before use.
 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
-
-
-def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
-    k = int(frac * w.numel())
-    if k == 0:
-        return w.clone()
-    thresh = w.abs().flatten().kthvalue(k).values
-    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
 
 
 def quantize_state(state: dict, int5_names: set, prune: float) -> dict:
@@ -793,6 +795,7 @@ def main() -> None:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
     val_tokens = val_tokens.to(device)
     val_bytes = target_bytes(val_tokens, luts)
+    log(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
     train_pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
     stream = TokenStream(train_pattern)
 
@@ -829,7 +832,8 @@ def main() -> None:
     def validate(weights_model) -> tuple[float, float]:
         n = val_tokens.numel() - 1
         L = h.train_seq_len
-        nll = eval_sliding(weights_model, val_tokens, L, L, max(1, h.val_batch_size // (world * L)), rank, world, device)
+        seqs = max(1, min(h.val_batch_size // (world * L), h.eval_batch_seqs))  # huge batches are memory-bound
+        nll = eval_sliding(weights_model, val_tokens, L, L, seqs, rank, world, device)
         weights_model.train()
         return bpb(nll, val_bytes[:n])
 
@@ -838,10 +842,10 @@ def main() -> None:
         snapshot = ({k: v.clone() for k, v in model.state_dict().items()},
                     [{"state": {}, "param_groups": o.state_dict()["param_groups"]} for o in optimizers])
         for i in range(h.warmup_steps):
-            set_qat(model, i >= h.warmup_steps // 2)
+            set_qat(model, h.prune_pct if i >= h.warmup_steps // 2 else None)
             set_lr(1.0, 0)
             train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
-        set_qat(model, False)
+        set_qat(model, None)
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(optimizers, snapshot[1]):
             opt.load_state_dict(sd)
@@ -858,8 +862,8 @@ def main() -> None:
         mult = lr_multiplier(step, stop_at, h.warmdown_iters)
         if not qat_on and mult < h.qat_threshold:
             qat_on = True
-            set_qat(model, True)
-            log(f"qat: int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
+            set_qat(model, h.prune_pct)
+            log(f"qat: prune {h.prune_pct:.2f} + int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
         set_lr(mult, step)
         loss = train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
         with torch.no_grad():
@@ -897,7 +901,7 @@ def main() -> None:
 
     # ---- everything from here counts against the eval budget
     clock = make_clock()
-    set_qat(model, False)
+    set_qat(model, None)
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
@@ -929,9 +933,10 @@ def main() -> None:
     rt_loss, rt_bpb = validate(q_run)
     log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}")
     n = val_tokens.numel() - 1
+    t_sl = clock()
     nll = eval_sliding(q_run, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rank, world, device)
     sl_loss, sl_bpb = bpb(nll, val_bytes[:n])
-    log(f"final_sliding_exact val_loss:{sl_loss:.8f} val_bpb:{sl_bpb:.8f} eval_time:{clock():.1f}s")
+    log(f"final_sliding_exact val_loss:{sl_loss:.8f} val_bpb:{sl_bpb:.8f} time:{clock() - t_sl:.1f}s eval_time:{clock():.1f}s")
     final_loss, final_bpb, ttt_bpb = sl_loss, sl_bpb, None
     if h.ttt_enabled:
         nll = eval_ttt(qmodel, q_run, val_tokens, h, rank, world, device, val_bytes[:n], clock, log)

@@ -31,7 +31,7 @@ def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     assert [sub["bytes_total"], sub["bytes_code"], sub["bytes_model"]] == [int(g) for g in art.groups()]
     assert sub["bytes_model"] == (out / "final_model.int5.ptz").stat().st_size
     assert sub["steps"] == 30 and sub["world_size"] == 1
-    assert re.search(r"qat: int5 fake quantization on at step \d+", log)
+    assert re.search(r"qat: prune 0\.15 \+ int5 fake quantization on at step \d+", log)
 
 
 def test_two_process_run_matches_one_process(tmp_path, tiny_data, one_proc):

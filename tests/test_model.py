@@ -84,7 +84,7 @@ def test_model_compiles_without_graph_breaks(tg):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = compiled(ids, ids)
     loss.backward()
-    tg.set_qat(model, True)
+    tg.set_qat(model, 0.15)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         compiled(ids, ids).backward()
 
