@@ -1,13 +1,15 @@
 """Bench ladder: runs the SPEC §9 bench configuration (bench/bench_config.sh) and prints one
 table row per run: pre-quant, roundtrip, quant gap, sliding, TTT, TTT gain, throughput, bytes.
 Usage: python3 bench/ladder.py [--val PATH_TO_VAL_SHARD ...] [--log EXISTING_LOG ...]
---val adds a run whose validation is the given shard(s) (train shards stay the bench ones)."""
+--val adds a row: the first run's artifact, reloaded and evaluated (standard, sliding, TTT at
+the defaults) on the given validation shard(s); no retraining, about 5 min on the CPU here."""
 import argparse, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from logparse import parse_log  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
 
 BENCH = ROOT.parent / "shared" / "data" / "datasets" / "bench_sp1024"
 
@@ -42,17 +44,27 @@ def main():
     ap.add_argument("--log", nargs="*", default=[], help="tabulate existing logs instead of running")
     a = ap.parse_args()
     logs = [(Path(p).stem, p) for p in a.log] or [("bench", run("bench", BENCH))]
+    extra = []
+    if missing := [v for v in a.val if not Path(v).is_file()]:
+        sys.exit(f"error: validation shard not found: {missing[0]}")
     if a.val:
-        d = Path(tempfile.mkdtemp(prefix="ladder_data_"))
-        for f in sorted(BENCH.glob("fineweb_train_*.bin")):
-            (d / f.name).symlink_to(f)
+        from ttt_sweep import evaluate, setup
+        artifact = Path(logs[0][1]).resolve().parents[1] / "final_model.int5.ptz"
+        if not artifact.is_file():
+            sys.exit(f"error: --val needs the artifact next to the log: {artifact} not found")
+        d = Path(tempfile.mkdtemp(prefix="ladder_val_"))
         for i, v in enumerate(a.val):
             (d / f"fineweb_val_{i:06d}.bin").symlink_to(Path(v).resolve())
-        logs.append(("bench_val2", run("bench_val2", d)))
+        h, val, nbytes = setup(str(d / "fineweb_val_*.bin"))
+        r = evaluate(str(artifact), h, val, nbytes)
+        extra.append(f"| val2 ({val.numel():,} tokens) | – | {r['roundtrip']:.4f} | – | {r['sliding']:.4f} | "
+                     f"{r['ttt']:.4f} | {r['sliding'] - r['ttt']:+.4f} | – | {val.numel() / r['sliding_s']:,.0f} | "
+                     f"{r['ttt_s']:.0f} | {r['roundtrip_s'] + r['sliding_s'] + r['ttt_s']:.0f} | – |")
     print("| run | pre-quant | roundtrip | quant gap | sliding | TTT | TTT gain | train tok/s | sliding eval tok/s | TTT s | eval s | bytes_total |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, p in logs:
         print(row(label, p))
+    print("\n".join(extra))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""TTT settings sweep on a saved artifact: reloads final_model.int5.ptz (from a bench run's
-OUT_DIR) and runs train_gpt.eval_ttt once per setting, printing the legal TTT val_bpb.
+"""Evaluation of a saved artifact. As a script: a TTT settings sweep that reloads
+final_model.int5.ptz (from a bench run's OUT_DIR) and runs train_gpt.eval_ttt once per
+setting, printing the legal TTT val_bpb. `evaluate` also serves bench/ladder.py --val.
 Usage: python3 bench/ttt_sweep.py OUT_DIR/final_model.int5.ptz LR,BATCH_SEQS,EPOCHS [...]
 The model shape comes from the usual env vars (defaults: the SPEC §9 bench shape)."""
 import os, sys, time
@@ -15,30 +16,50 @@ BENCH_SHAPE = dict(NUM_LAYERS="11", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS
                    BIGRAM_BUCKETS="1024", BIGRAM_DIM="32", TRAIN_SEQ_LEN="256")
 
 
-def main(artifact: str, settings: list[str]) -> None:
+def setup(val_glob: str | None = None):
+    """Bench-shape hyperparameters, the validation tokens and their per-target byte counts."""
     import sentencepiece as spm
     shared = ROOT.parent / "shared" / "data"
     env = {**BENCH_SHAPE, "DATA_PATH": str(shared / "datasets" / "bench_sp1024"),
            "TOKENIZER_PATH": str(shared / "tokenizers" / "fineweb_1024_bpe.model"), **os.environ,
            "TTT_LOG_EVERY": "0"}
     h = tg.Hyperparameters.from_env(env)
-    dev = torch.device("cpu")
     luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
-    val = tg.load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
-    nbytes = tg.target_bytes(val, luts)[:-1]
+    val = tg.load_validation(val_glob or os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
+    return h, val, tg.target_bytes(val, luts)[:-1]
+
+
+def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:
+    """Legal TTT val_bpb of a freshly reloaded artifact at h's TTT settings, and its seconds."""
+    dev = torch.device("cpu")
+    model, clock = tg.load_artifact_model(Path(artifact), h, dev), tg.make_clock()
+    nll = tg.eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print, budget=float("inf"))
+    return tg.bpb(nll, nbytes)[1], clock()
+
+
+def evaluate(artifact: str, h, val, nbytes, ttt: bool = True) -> dict:
+    """Standard, sliding and (optionally) legal TTT val_bpb of the reloaded artifact, with times."""
+    dev, L, out = torch.device("cpu"), h.train_seq_len, {}
     model = tg.load_artifact_model(Path(artifact), h, dev)
-    t0 = time.perf_counter()
-    sl = tg.bpb(tg.eval_sliding(model, val, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, 0, 1, dev), nbytes)[1]
-    print(f"sliding val_bpb {sl:.5f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for key, stride in (("roundtrip", L), ("sliding", h.eval_stride)):
+        t0 = time.perf_counter()
+        out[key] = tg.bpb(tg.eval_sliding(model, val, L, stride, h.eval_batch_seqs, 0, 1, dev), nbytes)[1]
+        out[key + "_s"] = time.perf_counter() - t0
+    if ttt:
+        out["ttt"], out["ttt_s"] = ttt_score(artifact, h, val, nbytes)
+    return out
+
+
+def main(artifact: str, settings: list[str]) -> None:
+    h, val, nbytes = setup()
+    sl = evaluate(artifact, h, val, nbytes, ttt=False)["sliding"]
+    print(f"sliding val_bpb {sl:.5f}", flush=True)
     print("| TTT_LR | TTT_BATCH_SEQS | TTT_EPOCHS | legal TTT val_bpb | gain | seconds |\n|---|---|---|---|---|---|")
     for s in settings:
         lr, bs, ep = s.split(",")
         h.ttt_lr, h.ttt_batch_seqs, h.ttt_epochs = float(lr), int(bs), int(ep)
-        m = tg.load_artifact_model(Path(artifact), h, dev)
-        clock = tg.make_clock()
-        nll = tg.eval_ttt(m, m, val, h, 0, 1, dev, nbytes, clock, log=print, budget=float("inf"))
-        v = tg.bpb(nll, nbytes)[1]
-        print(f"| {lr} | {bs} | {ep} | {v:.5f} | {sl - v:+.5f} | {clock():.0f} |", flush=True)
+        v, secs = ttt_score(artifact, h, val, nbytes)
+        print(f"| {lr} | {bs} | {ep} | {v:.5f} | {sl - v:+.5f} | {secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
