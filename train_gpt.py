@@ -394,7 +394,8 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduce: bool = True):
-        x = rms_norm(self.tok_emb(ids) + self.bigram(ids))
+        emb = self.tok_emb.qweight()  # tied: fake-quantized once for the input and the logits
+        x = rms_norm(F.embedding(ids, emb) + self.bigram(ids))
         g = torch.sigmoid(self.smear_gate)
         x = torch.cat([x[:, :1], (1 - g) * x[:, 1:] + g * x[:, :-1]], 1)
         x0 = x
@@ -408,7 +409,7 @@ class GPT(nn.Module):
             if i < self.n_enc:
                 skips.append(x)
         x = rms_norm(x)
-        logits = F.linear(x, self.tok_emb.qweight().to(x.dtype)).float()
+        logits = F.linear(x, emb.to(x.dtype)).float()
         logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
         nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
         return nll.mean() if reduce else nll.view(targets.shape)
@@ -644,10 +645,11 @@ def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: i
     toks = tokens.to(device)  # no copy when the caller keeps tokens on the device
     for b in range(0, len(mine), batch_seqs):
         part = mine[b:b + batch_seqs]
-        part = part + [part[-1]] * (batch_seqs - len(part))  # fixed shape; pads add zeros
+        real = len(part)
+        part = part + [part[-1]] * (batch_seqs - real)  # fixed shape; pads score nothing
         ends = torch.tensor([p[0] for p in part], device=device)
         froms = torch.tensor([p[1] for p in part], device=device)
-        froms[len(mine[b:b + batch_seqs]):] = ends[len(mine[b:b + batch_seqs]):]
+        froms[real:] = ends[real:]
         idx = ends[:, None] - seq_len + ar  # target index of each window position
         with torch.autocast(device.type, dtype=torch.bfloat16):
             nll = model(toks[idx], toks[idx + 1], reduce=False).float()

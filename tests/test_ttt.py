@@ -6,6 +6,8 @@ import torch
 from test_model import small_model
 
 L = 32
+SHAPE = dict(num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64, bigram_buckets=64,
+             bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
 
 
 def plan_coverage(plan, lo, hi, seq_len):
@@ -31,19 +33,15 @@ def test_chunked_plans_tile_the_stream_like_one_plan(tg):
 
 
 def make_setup(tg, n=600, **kw):
-    h = tg.Hyperparameters(**{**dict(num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
-                                     bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128,
-                                     eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=128, ttt_batch_seqs=2,
-                                     ttt_lr=1e-2, ttt_log_every=0), **kw})
+    h = tg.Hyperparameters(**{**SHAPE, **dict(eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=128,
+                                              ttt_batch_seqs=2, ttt_lr=1e-2, ttt_log_every=0), **kw})
     torch.manual_seed(3)
     tokens = torch.randint(0, 128, (n + 1,))
     return h, tokens
 
 
 def run_ttt(tg, h, tokens, budget=None):
-    model = small_model(tg, **{k: getattr(h, k) for k in ("num_layers", "model_dim", "num_heads", "num_kv_heads",
-                                                          "mlp_hidden", "bigram_buckets", "bigram_dim", "ve_dim",
-                                                          "train_seq_len", "vocab_size")})
+    model = small_model(tg, **{k: getattr(h, k) for k in SHAPE})
     logs = []
     nll = tg.eval_ttt(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
                       lambda: 0.0, logs.append, budget=budget)
@@ -71,8 +69,7 @@ def test_ttt_with_zero_epochs_equals_the_sliding_score(tg):
 
 def test_ttt_adapts_only_mlp_matrices(tg):
     h, tokens = make_setup(tg)
-    model0 = small_model(tg, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
-                         bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
+    model0 = small_model(tg, **SHAPE)
     model, _, _ = run_ttt(tg, h, tokens)
     mlp = {id(p) for p in tg.ttt_params(model)}
     for (n, p0), p in zip(model0.named_parameters(), model.parameters()):
@@ -90,8 +87,7 @@ def test_budget_guard_stops_adapting_and_still_scores_everything(tg):
 
 def test_sliding_with_stride_equal_window_is_the_standard_eval(tg):
     h, tokens = make_setup(tg, n=L * 10)
-    model = small_model(tg, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
-                        bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
+    model = small_model(tg, **SHAPE)
     nll = tg.eval_sliding(model, tokens, L, L, 3, 0, 1, torch.device("cpu"))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         direct = model(tokens[:-1].view(-1, L), tokens[1:].view(-1, L), reduce=False).float().flatten()
