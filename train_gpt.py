@@ -33,14 +33,13 @@ class Hyperparameters:
     seed: int = 1337
     vocab_size: int = 1024
     iterations: int = 20000
-    warmup_steps: int = 20  # compile-priming steps, undone afterwards
+    warmup_steps: int = 20  # priming steps (half with QAT), undone; >= 4 when compiling
     warmdown_iters: int = 3500
     max_wallclock_seconds: float = 600.0
     max_eval_seconds: float = 600.0
     train_batch_tokens: int = 786_432
     train_seq_len: int = 2048
     grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
-    val_batch_size: int = 524_288
     val_loss_every: int = 0
     train_log_every: int = 100
     num_layers: int = 11
@@ -79,6 +78,7 @@ class Hyperparameters:
     ttt_grad_clip: float = 1.0
     ttt_log_every: int = 1
     compile: int = -1  # -1: on CUDA only
+    flash_attn: int = 1  # FlashAttention-3 on CUDA when importable (0: always SDPA)
     name: str = ""
     github_id: str = ""
 
@@ -100,12 +100,13 @@ class Hyperparameters:
 # same stream and takes its slice of each global batch, so the batch is world-size free.
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+DATA_HINT = "(get FineWeb sp1024 with: python3 data/cached_challenge_fineweb.py --variant sp1024, from openai/parameter-golf)"
 
 
 def shard_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
-        raise RunError(f"no shard files match {pattern}")
+        raise RunError(f"no shard files match {pattern} {DATA_HINT}")
     return files
 
 
@@ -139,7 +140,7 @@ class TokenStream:
         self.file_idx, self.pos = 0, 0
         self.tokens = load_shard(self.files[0])
 
-    def take(self, n: int) -> torch.Tensor:
+    def take(self, n: int) -> np.ndarray:
         parts = []
         while n > 0:
             if self.pos == len(self.tokens):
@@ -148,15 +149,14 @@ class TokenStream:
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
             self.pos, n = self.pos + k, n - k
-        return torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        return np.concatenate(parts)
 
 
 def rank_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int):
     """This rank's (inputs, targets) of the next global batch, shaped (seqs, seq_len)."""
-    chunk = stream.take(global_tokens + 1)
     local = global_tokens // world
-    s = rank * local
-    return chunk[s:s + local].view(-1, seq_len), chunk[s + 1:s + local + 1].view(-1, seq_len)
+    mine = torch.from_numpy(stream.take(global_tokens + 1)[rank * local:(rank + 1) * local + 1].astype(np.int64))
+    return mine[:-1].view(-1, seq_len), mine[1:].view(-1, seq_len)
 
 
 def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
@@ -222,18 +222,33 @@ def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
-def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
-    """Zeroes the `frac` smallest |w| of the matrix (the exporter's magnitude pruning)."""
-    k = int(frac * w.numel())
-    if k == 0:
-        return w
-    thresh = w.detach().abs().flatten().kthvalue(k).values
+def prune_thresholds(ws: list[torch.Tensor], frac: float) -> torch.Tensor:
+    """Per matrix, the `frac`-quantile of |w| (kthvalue; -1 when nothing is pruned). Matrices
+    of one shape share one batched kthvalue: on CUDA a single flat one is a one-SM select."""
+    out = torch.full((len(ws),), -1.0, device=ws[0].device)
+    by_shape: dict = {}
+    for i, w in enumerate(ws):
+        by_shape.setdefault(tuple(w.shape), []).append(i)
+    for shape, idx in by_shape.items():
+        k = int(frac * math.prod(shape))
+        if k > 0:
+            flat = torch.stack([ws[i].detach().float().flatten() for i in idx]).abs()
+            out[idx] = flat.kthvalue(k, dim=1).values
+    return out
+
+
+def prune_below(w: torch.Tensor, thresh) -> torch.Tensor:
+    """The exporter's magnitude pruning: zeroes every |w| <= thresh."""
     return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
 
 
-def fake_quant(w: torch.Tensor, prune: float = 0.0) -> torch.Tensor:
+def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
+    return prune_below(w, prune_thresholds([w], frac)[0])
+
+
+def fake_quant(w: torch.Tensor, thresh) -> torch.Tensor:
     """Straight-through prune + int5: forward sees the shipped weights, backward is identity."""
-    return w + (dequantize_int5(*quantize_int5(prune_smallest(w.detach(), prune))) - w).detach()
+    return w + (dequantize_int5(*quantize_int5(prune_below(w.detach(), thresh))) - w).detach()
 
 
 # ----------------------------------------------------------------------------- model
@@ -243,15 +258,21 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class QATMixin:
-    qat = None  # late QAT: the exporter's prune fraction once switched on
+    """Late QAT: once `qat` is on, the forward sees the weight pruned at `qat_thresh` (set
+    once per step outside the compiled graph by set_qat) and rounded to int5."""
+
+    def init_qat(self) -> None:
+        self.qat = False
+        self.register_buffer("qat_thresh", torch.tensor(-1.0), persistent=False)
 
     def qweight(self) -> torch.Tensor:
-        return self.weight if self.qat is None else fake_quant(self.weight, self.qat)
+        return fake_quant(self.weight, self.qat_thresh) if self.qat else self.weight
 
 
 class CastedLinear(QATMixin, nn.Linear):
     def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
         super().__init__(fan_in, fan_out, bias=False)
+        self.init_qat()
         if zero_init:
             nn.init.zeros_(self.weight)
 
@@ -262,6 +283,7 @@ class CastedLinear(QATMixin, nn.Linear):
 class QEmbedding(QATMixin, nn.Embedding):
     def __init__(self, num: int, dim: int, std: float):
         super().__init__(num, dim)
+        self.init_qat()
         nn.init.normal_(self.weight, std=std) if std > 0 else nn.init.zeros_(self.weight)
 
     def forward(self, ids):
@@ -301,13 +323,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s, x[..., 2 * h:]], -1)
 
 
+try:
+    from flash_attn_interface import flash_attn_func as flash_attn_3  # FlashAttention-3 (Hopper)
+except ImportError:
+    flash_attn_3 = None
+
+
+def attention_kernel(device: torch.device, allow_fa3: bool = True) -> str:
+    return "flash_attn_3" if allow_fa3 and flash_attn_3 is not None and device.type == "cuda" else "sdpa"
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                     allow_fa3: bool = True) -> torch.Tensor:
+    """Causal GQA attention on (B,T,H,D) tensors: FlashAttention-3 on CUDA when installed."""
+    if attention_kernel(q.device, allow_fa3) == "flash_attn_3":
+        y = flash_attn_3(q, k, v, softmax_scale=scale, causal=True)
+        return y[0] if isinstance(y, tuple) else y  # some releases also return the LSE
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=True, scale=scale, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+
+
 def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """XSA: remove from each head's output y (B,H,T,D) its component along the token's own
-    value direction v (B,Hkv,T,D); head h uses KV head h // (H/Hkv)."""
-    B, H, T, D = y.shape
-    vn = F.normalize(v.float(), dim=-1).to(y.dtype).unsqueeze(2)  # (B,Hkv,1,T,D)
-    y = y.view(B, v.size(1), H // v.size(1), T, D)
-    return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, H, T, D)
+    """XSA: remove from each head's output y (B,T,H,D) its component along the token's own
+    value direction v (B,T,Hkv,D); head h uses KV head h // (H/Hkv)."""
+    B, T, H, D = y.shape
+    vn = F.normalize(v.float(), dim=-1).to(y.dtype).unsqueeze(3)  # (B,T,Hkv,1,D)
+    y = y.view(B, T, v.size(2), H // v.size(2), D)
+    return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
 
 
 class Attention(nn.Module):
@@ -321,7 +364,7 @@ class Attention(nn.Module):
         self.proj = CastedLinear(d, d, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.nh,), h.qk_gain_init))
         self.ve_gain = nn.Parameter(torch.tensor(1.0)) if use_ve else None
-        self.xsa = xsa
+        self.xsa, self.allow_fa3 = xsa, bool(h.flash_attn)
 
     def forward(self, x, cos, sin, ve=None):
         B, T, _ = x.shape
@@ -330,14 +373,12 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, self.nkv, self.hd)
         if ve is not None:
             v = v + (self.ve_gain * ve).view(B, T, self.nkv, self.hd).to(v.dtype)
-        q = apply_rope(rms_norm(q), cos, sin) * self.q_gain[:, None].to(v.dtype)
-        k = apply_rope(rms_norm(k), cos, sin)
-        q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.hd ** -0.5,
-                                           enable_gqa=self.nkv != self.nh)
+        q = (apply_rope(rms_norm(q), cos, sin) * self.q_gain[:, None].to(v.dtype)).to(v.dtype)
+        k = apply_rope(rms_norm(k), cos, sin).to(v.dtype)
+        y = causal_attention(q, k, v, self.hd ** -0.5, self.allow_fa3)
         if self.xsa:
             y = exclusive_self_attention(y, v)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.proj(y.reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -420,10 +461,16 @@ def quantized_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, QATMixin)]
 
 
+@torch.no_grad()
 def set_qat(model: nn.Module, prune: float | None) -> None:
-    """QAT on (forward through prune + int5 at `prune`) or off (None)."""
-    for m in quantized_modules(model):
-        m.qat = prune
+    """QAT off (None) or on, pruning at today's `prune`-quantile of each matrix: call it
+    before every QAT step (the weights move), never inside the compiled graph."""
+    mods = quantized_modules(model)
+    if prune is not None:
+        torch._foreach_copy_([m.qat_thresh for m in mods],
+                             list(prune_thresholds([m.weight for m in mods], prune).unbind()))
+    for m in mods:
+        m.qat = prune is not None
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -499,6 +546,18 @@ def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fuse
 def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
     """1 until the last `warmdown` steps, then linear to 0 at total_steps."""
     return 1.0 if warmdown <= 0 else max(0.0, min(1.0, (total_steps - step) / warmdown))
+
+
+def predict_stop(step: int, elapsed_ms: float, plain_ms: float, qat_ms: float, wallclock_ms: float,
+                 qat_steps: float, iterations: int) -> int:
+    """The step to stop at so training ends inside the wall clock, when the last `qat_steps`
+    steps (inf: all from now) take qat_ms each and the others plain_ms."""
+    left = wallclock_ms - elapsed_ms
+    if left >= qat_steps * qat_ms:
+        n = qat_steps + (left - qat_steps * qat_ms) // plain_ms
+    else:
+        n = left // qat_ms
+    return int(min(iterations, step + max(0, n)))
 
 
 def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) -> None:
@@ -610,14 +669,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
-    model = GPT(h)
+def load_artifact_into(model: GPT, path: Path) -> GPT:
+    """Replaces the model's weights by the artifact's, in place (compiled graphs stay valid)."""
     state = unpack_artifact(path.read_bytes())
     expected = model.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
         raise RunError(f"artifact {path} does not match the model configuration")
     model.load_state_dict(state)
-    return model.to(device)
+    return model
+
+
+def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
+    return load_artifact_into(GPT(h), path).to(device)
 
 
 # ----------------------------------------------------------------------------- evaluation & TTT
@@ -637,24 +700,21 @@ def window_plan(lo: int, hi: int, seq_len: int, stride: int) -> list[tuple[int, 
 
 def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: int,
                   lo: int, hi: int, rank: int, world: int, device) -> torch.Tensor:
-    """Per-target nll for targets [lo, hi), summed across ranks (each rank scores a share)."""
+    """Per-target nll for targets [lo, hi), summed across ranks (each rank scores a share).
+    Every batch holds exactly batch_seqs windows (one compiled shape); pads score nothing."""
     out = torch.zeros(hi - lo, device=device)
     mine = plan[rank::world]
-    batch_seqs = max(1, min(batch_seqs, len(mine)))
-    ar = torch.arange(seq_len, device=device)
-    toks = tokens.to(device)  # no copy when the caller keeps tokens on the device
-    for b in range(0, len(mine), batch_seqs):
-        part = mine[b:b + batch_seqs]
-        real = len(part)
-        part = part + [part[-1]] * (batch_seqs - real)  # fixed shape; pads score nothing
-        ends = torch.tensor([p[0] for p in part], device=device)
-        froms = torch.tensor([p[1] for p in part], device=device)
-        froms[real:] = ends[real:]
-        idx = ends[:, None] - seq_len + ar  # target index of each window position
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            nll = model(toks[idx], toks[idx + 1], reduce=False).float()
-        keep = idx >= froms[:, None]
-        out.index_put_(((idx - lo).clamp_min(0).flatten(),), (nll * keep).flatten(), accumulate=True)
+    if mine:
+        pad = [(mine[-1][0], mine[-1][0])] * (-len(mine) % batch_seqs)
+        wins = torch.tensor(mine + pad, device=device).view(-1, batch_seqs, 2)  # (end, score_from)
+        ar = torch.arange(seq_len, device=device)
+        toks = tokens.to(device)  # no copy when the caller keeps tokens on the device
+        for w in wins:
+            idx = w[:, :1] - seq_len + ar  # target index of each window position
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                nll = model(toks[idx], toks[idx + 1], reduce=False).float()
+            keep = idx >= w[:, 1:]
+            out.index_put_(((idx - lo).clamp_min(0).flatten(),), (nll * keep).flatten(), accumulate=True)
     if world > 1:
         dist.all_reduce(out)
     return out
@@ -679,68 +739,105 @@ def ttt_params(model: GPT) -> list[nn.Parameter]:
     return [p for blk in model.blocks for p in (blk.mlp.up.weight, blk.mlp.down.weight)]
 
 
+def set_trainable(model: GPT, params: list | None) -> None:
+    """Only `params` get gradients (None: all). Adapting and scoring are separately primed graphs."""
+    chosen = {id(p) for p in params or model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+
+
+def ttt_batch_plan(lo: int, hi: int, seq_len: int, batch_seqs: int, rank: int, world: int):
+    """This rank's share of each TTT step over the chunk's whole sequences, in one fixed shape:
+    (starts, weights), each (steps, ceil(batch_seqs / world)). A weight is 1/(tokens in the
+    step), 0 for padding, so gradients summed across ranks are the step's mean."""
+    starts = list(range(lo, hi - seq_len + 1, seq_len))
+    per = -(-batch_seqs // world)
+    S, W = [], []
+    for b in range(0, len(starts), batch_seqs):
+        step = starts[b:b + batch_seqs]
+        mine = step[rank::world]
+        S.append(mine + [step[0]] * (per - len(mine)))
+        W.append([1 / (len(step) * seq_len)] * len(mine) + [0.0] * (per - len(mine)))
+    return torch.tensor(S, dtype=torch.long).view(-1, per), torch.tensor(W).view(-1, per)
+
+
+def ttt_step(run_model, tokens, starts, weights, params, opt, h: Hyperparameters, world: int) -> None:
+    idx = starts[:, None] + torch.arange(h.train_seq_len, device=tokens.device)
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
+        nll = run_model(tokens[idx], tokens[idx + 1], reduce=False)
+    (nll.float().sum(1) * weights).sum().backward()
+    all_reduce_grads(params, world, mean=False)  # the weights already make it the global mean
+    torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int,
              world: int, device, nbytes: torch.Tensor, clock, log=print,
              budget: float | None = None) -> torch.Tensor:
     """Score-first TTT: for each chunk, score it under inference_mode, then (except for the
-    last) adapt the MLP matrices on it. Returns per-target nll over the whole stream."""
+    last) adapt the MLP matrices on it. Returns per-target nll over the whole stream.
+    One host sync per chunk; the budget decision's inputs are reduced (max) across ranks,
+    so every rank decides alike."""
     L, C = h.train_seq_len, h.ttt_chunk_tokens
     n = tokens.numel() - 1
     n_chunks = math.ceil(n / C)
     budget = h.max_eval_seconds if budget is None else budget
-    tokens = tokens.to(device)
+    tokens, nbytes = tokens.to(device), nbytes.to(device)
     params = ttt_params(model)
-    chosen = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in chosen)
     opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.95), weight_decay=0.0)
     nll = torch.zeros(n, device=device)
-    adapting, score_t, adapt_t, adapts = h.ttt_epochs > 0, 0.0, 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # running nll, bytes
+    adapting, score_t, adapt_t, adapts, steps = h.ttt_epochs > 0, 0.0, 0.0, 0, 0
     for c in range(n_chunks):
         lo, hi = c * C, min(n, (c + 1) * C)
-        t0 = time.perf_counter()
+        sync(device)
+        t0 = clock()
         model.eval()
         with torch.inference_mode():
             nll[lo:hi] = score_windows(run_model, tokens, window_plan(lo, hi, L, h.eval_stride), L,
                                        h.eval_batch_seqs, lo, hi, rank, world, device)
-        score_t += time.perf_counter() - t0
-        if adapting and c < n_chunks - 1:
-            elapsed = torch.tensor([clock()], device=device)
-            if world > 1:
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-            if not ttt_keep_adapting(elapsed.item(), adapt_t / max(adapts, 1), score_t / (c + 1),
-                                     n_chunks - c - 1, budget):
-                adapting = False
-                log(f"ttt budget: stopped adapting after chunk {c}/{n_chunks}, elapsed {elapsed.item():.1f}s; scoring the rest")
-        if adapting and c < n_chunks - 1:
-            t0 = time.perf_counter()
+        sums += torch.stack([nll[lo:hi].double().sum(), nbytes[lo:hi].double().sum()])
+        sync(device)
+        t1 = clock()
+        score_t += t1 - t0
+        stats = torch.cat([torch.tensor([t1, score_t / (c + 1), adapt_t / max(adapts, 1)],
+                                        dtype=torch.float64, device=device), sums])
+        if world > 1:
+            dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+        elapsed, score_avg, adapt_avg, nll_sum, byte_sum = stats.tolist()
+        last = c == n_chunks - 1
+        if adapting and not last and not ttt_keep_adapting(elapsed, adapt_avg, score_avg, n_chunks - c - 1, budget):
+            adapting = False
+            log(f"ttt budget: stopped adapting at chunk {c}/{n_chunks}, elapsed {elapsed:.1f}s; scoring the rest")
+        if adapting and not last:
             lr = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(1, n_chunks - 2)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            starts = list(range(lo, hi - L + 1, L))
+            starts, weights = (t.to(device) for t in ttt_batch_plan(lo, hi, L, h.ttt_batch_seqs, rank, world))
             model.train()
+            set_trainable(model, params)
             for _ in range(h.ttt_epochs):
-                for b in range(0, len(starts), h.ttt_batch_seqs):
-                    batch = starts[b:b + h.ttt_batch_seqs]
-                    mine = torch.tensor(batch[rank::world], dtype=torch.long)
-                    if len(mine):
-                        idx = (mine[:, None] + torch.arange(L)).to(device)
-                        with torch.autocast(device.type, dtype=torch.bfloat16):
-                            loss = run_model(tokens[idx], tokens[idx + 1], reduce=False).float().sum()
-                        (loss / (len(batch) * L)).backward()
-                    all_reduce_grads(params, world, mean=False)  # loss is already the global mean
-                    torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-            adapt_t, adapts = adapt_t + time.perf_counter() - t0, adapts + 1
-        if h.ttt_log_every > 0 and ((c + 1) % h.ttt_log_every == 0 or c == n_chunks - 1):
-            log(f"ttt_chunk [{c + 1}/{n_chunks}] bpb={bpb(nll[:hi], nbytes[:hi])[1]:.4f} time={clock():.1f}s")
-    for p in model.parameters():
-        p.requires_grad_(True)
+                for s, w in zip(starts, weights):
+                    ttt_step(run_model, tokens, s, w, params, opt, h, world)
+                steps += len(starts)
+            set_trainable(model, None)
+            sync(device)
+            adapt_t, adapts = adapt_t + clock() - t1, adapts + 1
+        if h.ttt_log_every > 0 and ((c + 1) % h.ttt_log_every == 0 or last):
+            log(f"ttt_chunk [{c + 1}/{n_chunks}] bpb={nll_sum / (math.log(2) * byte_sum):.4f} time={elapsed:.1f}s")
+    log(f"ttt adapted {adapts}/{n_chunks} chunks: scoring {score_t:.1f}s, adapting {adapt_t:.1f}s in {steps} steps")
     return nll
 
 
 # ----------------------------------------------------------------------------- main
+# Phases: setup -> prime (compile every graph on training tokens, then undo) -> train (the
+# 600 s clock) -> EMA eval, export, reload, standard/sliding/TTT eval (the eval clock) -> record.
 
 class Logger:
     def __init__(self, path: Path | None):
@@ -761,207 +858,282 @@ def make_clock():
     return lambda: time.perf_counter() - t0
 
 
-def main() -> None:
-    h = Hyperparameters.from_env()
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+    accum: int
+    compile: bool
+    log: Logger
+
+
+def setup(h: Hyperparameters) -> Runtime:
     distributed = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    out_dir = Path(h.out_dir)
     h.run_id = h.run_id or uuid.uuid4().hex[:8]
-    log = Logger(out_dir / "logs" / f"{h.run_id}.txt" if rank == 0 else None)
+    log = Logger(Path(h.out_dir) / "logs" / f"{h.run_id}.txt" if rank == 0 else None)
     accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
     if h.train_batch_tokens % (world * accum * h.train_seq_len):
         raise RunError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={h.train_seq_len}")
     if h.ttt_chunk_tokens < h.train_seq_len or h.eval_stride <= 0 or h.eval_stride > h.train_seq_len:
         raise RunError("need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN")
-    do_compile = h.compile == 1 or (h.compile < 0 and cuda)
+    rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), log)
     log("hparams " + json.dumps(asdict(h)))
-    log(f"world_size:{world} grad_accum:{accum} device:{torch.cuda.get_device_name(device) if cuda else 'cpu'} compile:{do_compile}")
+    log(f"world_size:{world} grad_accum:{accum} device:{torch.cuda.get_device_name(device) if cuda else 'cpu'} "
+        f"compile:{rt.compile} attention:{attention_kernel(device, bool(h.flash_attn))}")
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
+    return rt
 
+
+def load_data(h: Hyperparameters, rt: Runtime):
+    """Validation tokens and their target bytes, on the device; checks the train shards."""
     import sentencepiece as spm
     if not Path(h.tokenizer_path).is_file():
-        raise RunError(f"tokenizer not found: {h.tokenizer_path}")
+        raise RunError(f"tokenizer not found: {h.tokenizer_path} {DATA_HINT}")
     luts = build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
     val_tokens = load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
     if int(val_tokens.max()) >= h.vocab_size:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
-    val_tokens = val_tokens.to(device)
+    val_tokens = val_tokens.to(rt.device)
     val_bytes = target_bytes(val_tokens, luts)
-    log(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
-    train_pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
-    stream = TokenStream(train_pattern)
+    rt.log(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
+    return val_tokens, val_bytes
 
-    model = GPT(h).to(device)
-    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
-    params = list(model.parameters())
-    optimizers = build_optimizers(model, h, rank, world, fused=cuda)
-    if do_compile:
-        optimizers[0].ns = torch.compile(zeropower_ns5)
-    run_model = torch.compile(model, fullgraph=True) if do_compile else model
 
-    def train_step(x, y) -> torch.Tensor:
-        total = torch.zeros((), device=device)
-        for xm, ym in zip(x.chunk(accum), y.chunk(accum)):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = run_model(xm.to(device, non_blocking=True), ym.to(device, non_blocking=True))
-            (loss / accum).backward()
-            total += loss.detach() / accum
-        all_reduce_grads(params, world)
-        torch.nn.utils.clip_grad_norm_(params, h.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
-        return total
+class Trainer:
+    """The compiled training step, the priming of every graph, and the wall-clocked loop."""
 
-    def set_lr(mult: float, step: int) -> None:
+    def __init__(self, h: Hyperparameters, rt: Runtime, model: GPT):
+        self.h, self.rt, self.model = h, rt, model
+        self.params = list(model.parameters())
+        self.optimizers = build_optimizers(model, h, rt.rank, rt.world, fused=rt.device.type == "cuda")
+        if rt.compile:
+            self.optimizers[0].ns = torch.compile(zeropower_ns5, dynamic=False)
+        self.run_model = torch.compile(model, fullgraph=True, dynamic=False) if rt.compile else model
+        self.pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
+        self.stream = TokenStream(self.pattern)
+
+    def batch(self):
+        return rank_batch(self.stream, self.h.train_batch_tokens, self.h.train_seq_len, self.rt.rank, self.rt.world)
+
+    def step(self, x, y, mult: float, step: int, qat: bool) -> torch.Tensor:
+        h, rt = self.h, self.rt
+        set_qat(self.model, h.prune_pct if qat else None)
         frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
-        for g in optimizers[0].param_groups:
+        for g in self.optimizers[0].param_groups:
             g["momentum"] = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
-        for opt in optimizers:
+        for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mult
+        total = torch.zeros((), device=rt.device)
+        for xm, ym in zip(x.chunk(rt.accum), y.chunk(rt.accum)):
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16):
+                loss = self.run_model(xm.to(rt.device, non_blocking=True), ym.to(rt.device, non_blocking=True))
+            (loss / rt.accum).backward()
+            total += loss.detach() / rt.accum
+        all_reduce_grads(self.params, rt.world)
+        torch.nn.utils.clip_grad_norm_(self.params, h.grad_clip_norm)
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        return total
 
-    def validate(weights_model) -> tuple[float, float]:
-        n = val_tokens.numel() - 1
-        L = h.train_seq_len
-        seqs = max(1, min(h.val_batch_size // (world * L), h.eval_batch_seqs))  # huge batches are memory-bound
-        nll = eval_sliding(weights_model, val_tokens, L, L, seqs, rank, world, device)
-        weights_model.train()
-        return bpb(nll, val_bytes[:n])
+    def elapsed_ms(self, t0: float, before_ms: float = 0.0) -> float:
+        """Training time so far: one clock for all ranks (the slowest); syncs the device."""
+        sync(self.rt.device)
+        t = torch.tensor(before_ms + 1000 * (time.perf_counter() - t0), device=self.rt.device)
+        if self.rt.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
 
-    # Compile priming: a few real steps (half with QAT on, so both graphs exist), then undone.
-    if h.warmup_steps > 0:
+    def prime(self) -> float:
+        """Runs every graph the run needs (training without and with QAT, scoring, the TTT step)
+        on training tokens, then undoes it all: weights, optimizer state, data stream.
+        Returns the measured QAT / plain step-time ratio (1 when unmeasured)."""
+        h, rt, model = self.h, self.rt, self.model
+        n = max(h.warmup_steps, 4 if rt.compile else 0)
+        if n == 0:
+            return 1.0
         snapshot = ({k: v.clone() for k, v in model.state_dict().items()},
-                    [{"state": {}, "param_groups": o.state_dict()["param_groups"]} for o in optimizers])
-        for i in range(h.warmup_steps):
-            set_qat(model, h.prune_pct if i >= h.warmup_steps // 2 else None)
-            set_lr(1.0, 0)
-            train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
-        set_qat(model, None)
-        model.load_state_dict(snapshot[0])
-        for opt, sd in zip(optimizers, snapshot[1]):
-            opt.load_state_dict(sd)
-        stream = TokenStream(train_pattern)
-        log(f"compile priming: {h.warmup_steps} steps run and undone")
-
-    ema = [p.detach().float().clone() for p in params]
-    wallclock_ms = 1000 * h.max_wallclock_seconds
-    stop_at, step, train_ms, qat_on = h.iterations, 0, 0.0, False
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    while step < stop_at:
-        mult = lr_multiplier(step, stop_at, h.warmdown_iters)
-        if not qat_on and mult < h.qat_threshold:
-            qat_on = True
-            set_qat(model, h.prune_pct)
-            log(f"qat: prune {h.prune_pct:.2f} + int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
-        set_lr(mult, step)
-        loss = train_step(*rank_batch(stream, h.train_batch_tokens, h.train_seq_len, rank, world))
-        with torch.no_grad():
-            d = min(h.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - d)
-        step += 1
-        # Host-device syncs only here: logging steps share one clock across ranks.
-        if step <= 10 or step % h.train_log_every == 0 or step == stop_at:
-            if cuda:
-                torch.cuda.synchronize()
-            elapsed = torch.tensor(train_ms + 1000 * (time.perf_counter() - t0), device=device)
-            if world > 1:  # one clock (the slowest rank) and the global mean loss
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                dist.all_reduce(loss)
-                loss /= world
-            elapsed, loss_v = elapsed.item(), loss.item()
-            if not math.isfinite(loss_v):
-                raise RunError(f"non-finite training loss at step {step}")
-            log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
-            if wallclock_ms > 0:
-                stop_at = min(h.iterations, step + int((wallclock_ms - elapsed) // (elapsed / step)))
-        if h.val_loss_every > 0 and step % h.val_loss_every == 0 and step < stop_at:
-            if cuda:
-                torch.cuda.synchronize()
-            train_ms += 1000 * (time.perf_counter() - t0)
-            vl, vb = validate(run_model)
-            log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
+                    [{"state": {}, "param_groups": o.state_dict()["param_groups"]} for o in self.optimizers])
+        times = {False: [], True: []}
+        for i in range(n):
+            qat = i >= n // 2
             t0 = time.perf_counter()
-    if cuda:
-        torch.cuda.synchronize()
-    train_ms += 1000 * (time.perf_counter() - t0)
-    log(f"training done: {step} steps, train_time:{train_ms:.0f}ms")
-    if cuda:
-        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+            x, y = self.batch()
+            self.step(x, y, 1.0, 0, qat)
+            times[qat].append(self.elapsed_ms(t0))
+        set_qat(model, None)
+        toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
+        eval_sliding(self.run_model, toks, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs, 0, 1, rt.device)
+        params = ttt_params(model)
+        model.train()
+        set_trainable(model, params)
+        per = -(-h.ttt_batch_seqs // rt.world)
+        ttt_step(self.run_model, toks, torch.zeros(per, dtype=torch.long, device=rt.device),
+                 torch.full((per,), 1.0 / h.train_seq_len, device=rt.device), params,
+                 torch.optim.AdamW(params), h, 1)
+        set_trainable(model, None)
+        model.load_state_dict(snapshot[0])
+        for opt, sd in zip(self.optimizers, snapshot[1]):
+            opt.load_state_dict(sd)
+        self.stream = TokenStream(self.pattern)
+        ratio = max(1.0, min(times[True][1:] or [1.0]) / min(times[False][1:] or [1.0]))
+        rt.log(f"priming: {n} steps run and undone, {compiled_graphs()} graphs compiled, "
+               f"qat/plain step time {ratio:.2f}")
+        return ratio
 
-    # ---- everything from here counts against the eval budget
-    clock = make_clock()
-    set_qat(model, None)
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    pre_loss, pre_bpb = validate(run_model)
-    log(f"step:{step}/{step} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
-    log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
+    def train(self, qat_ratio: float, validate) -> tuple[list[torch.Tensor], int, float]:
+        """The timed loop; returns (EMA weights, steps, training ms)."""
+        h, rt, log = self.h, self.rt, self.rt.log
+        ema = [p.detach().float().clone() for p in self.params]
+        wall_ms, qat_steps = 1000 * h.max_wallclock_seconds, math.ceil(h.qat_threshold * h.warmdown_iters)
+        stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
+        sync(rt.device)
+        t0 = time.perf_counter()
+        while step < stop_at:
+            mult = lr_multiplier(step, stop_at, h.warmdown_iters)
+            if qat_from is None and mult < h.qat_threshold:
+                qat_from, qat_at_ms = step, self.elapsed_ms(t0, before_ms)
+                log(f"qat: prune {h.prune_pct:.2f} + int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
+            loss = self.step(*self.batch(), mult, step, qat_from is not None)
+            with torch.no_grad():
+                d = min(h.ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1 - d)
+            step += 1
+            log_now = step <= 10 or step % h.train_log_every == 0 or step == stop_at
+            if log_now or (qat_from is not None and step % 10 == 0):  # QAT steps are slower: re-predict
+                elapsed = self.elapsed_ms(t0, before_ms)
+                if wall_ms > 0:
+                    plain = (qat_at_ms / qat_from) if qat_from else elapsed / step
+                    on = qat_from is not None and step > qat_from
+                    qat_ms = (elapsed - qat_at_ms) / (step - qat_from) if on else plain * qat_ratio
+                    stop_at = predict_stop(step, elapsed, plain, qat_ms, wall_ms,
+                                           math.inf if qat_from is not None else qat_steps, h.iterations)
+            if log_now:
+                if rt.world > 1:
+                    dist.all_reduce(loss)
+                    loss /= rt.world
+                loss_v = loss.item()
+                if not math.isfinite(loss_v):
+                    raise RunError(f"non-finite training loss at step {step}")
+                log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
+            if h.val_loss_every > 0 and step % h.val_loss_every == 0 and step < stop_at:
+                before_ms = self.elapsed_ms(t0, before_ms)
+                vl, vb = validate()
+                log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
+                t0 = time.perf_counter()
+        set_qat(self.model, None)
+        return ema, step, self.elapsed_ms(t0, before_ms)
 
-    artifact = out_dir / "final_model.int5.ptz"
-    code_bytes = len(Path(__file__).read_bytes())
+
+def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int) -> tuple[int, float]:
+    """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
     status = [None]
-    if rank == 0:
+    if rt.rank == 0:
         try:
             int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
-            blob, prune = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct, log=log)
+            blob, prune = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct, log=rt.log)
             write_atomic(artifact, blob)
             status = [(len(blob), prune)]
         except RunError as e:
             status = [str(e)]
-    if world > 1:
+    if rt.world > 1:
         dist.broadcast_object_list(status, src=0)
     if isinstance(status[0], str):
         raise RunError(status[0])
-    model_bytes, prune = status[0]
-    log(f"artifact prune_pct:{prune:.2f} path:{artifact}")
-    log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{BYTE_CAP}")
+    return status[0]
 
-    qmodel = load_artifact_model(artifact, h, device)
-    q_run = torch.compile(qmodel, fullgraph=True) if do_compile else qmodel
-    rt_loss, rt_bpb = validate(q_run)
-    log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}")
-    n = val_tokens.numel() - 1
+
+def main() -> None:
+    h = Hyperparameters.from_env()
+    rt = setup(h)
+    log, device = rt.log, rt.device
+    val_tokens, val_bytes = load_data(h, rt)
+    model = GPT(h).to(device)
+    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
+    trainer = Trainer(h, rt, model)
+    run_model = trainer.run_model
+
+    def validate() -> tuple[float, float]:
+        set_qat(model, None)
+        L = h.train_seq_len
+        nll = eval_sliding(run_model, val_tokens, L, L, h.eval_batch_seqs, rt.rank, rt.world, device)
+        return bpb(nll, val_bytes)
+
+    # ---- prime, then train on the 600 s clock
+    qat_ratio = trainer.prime()
+    primed = compiled_graphs()
+    ema, steps, train_ms = trainer.train(qat_ratio, validate)
+    log(f"training done: {steps} steps, train_time:{train_ms:.0f}ms")
+    if device.type == "cuda":
+        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+
+    # ---- everything from here counts against the eval budget
+    clock = make_clock()
+    with torch.no_grad():
+        for p, e in zip(trainer.params, ema):
+            p.copy_(e)
+    pre_loss, pre_bpb = validate()
+    log(f"step:{steps}/{steps} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
+    log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
+    artifact = Path(h.out_dir) / "final_model.int5.ptz"
+    code_bytes = len(Path(__file__).read_bytes())
+    t_ex = clock()
+    model_bytes, prune = export(h, rt, model, artifact, code_bytes)
+    log(f"artifact prune_pct:{prune:.2f} file:{artifact.name} export_time:{clock() - t_ex:.1f}s")
+    log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{BYTE_CAP}")
+    load_artifact_into(model, artifact)  # every rank evaluates the weights read back from disk
+    t_rt = clock()
+    rt_loss, rt_bpb = validate()
+    log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f} time:{clock() - t_rt:.1f}s")
     t_sl = clock()
-    nll = eval_sliding(q_run, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rank, world, device)
-    sl_loss, sl_bpb = bpb(nll, val_bytes[:n])
+    nll = eval_sliding(run_model, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rt.rank, rt.world, device)
+    sl_loss, sl_bpb = bpb(nll, val_bytes)
     log(f"final_sliding_exact val_loss:{sl_loss:.8f} val_bpb:{sl_bpb:.8f} time:{clock() - t_sl:.1f}s eval_time:{clock():.1f}s")
     final_loss, final_bpb, ttt_bpb = sl_loss, sl_bpb, None
     if h.ttt_enabled:
-        nll = eval_ttt(qmodel, q_run, val_tokens, h, rank, world, device, val_bytes[:n], clock, log)
-        final_loss, final_bpb = bpb(nll, val_bytes[:n])
+        nll = eval_ttt(model, run_model, val_tokens, h, rt.rank, rt.world, device, val_bytes, clock, log)
+        final_loss, final_bpb = bpb(nll, val_bytes)
         ttt_bpb = final_bpb
         log(f"legal_ttt_exact val_loss:{final_loss:.8f} val_bpb:{final_bpb:.8f} ttt_gain:{sl_bpb - final_bpb:.6f}")
     eval_s = clock()
     log(f"eval_time:{eval_s:.1f}s train_time:{train_ms / 1000:.1f}s")
-    if rank == 0:
-        dev_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    recompiles = torch.tensor(compiled_graphs() - primed, device=device)
+    if rt.world > 1:
+        dist.all_reduce(recompiles, op=dist.ReduceOp.MAX)
+    log(f"recompiles after priming: {recompiles.item()} (any rank)")
+
+    # ---- the record
+    if rt.rank == 0:
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         sub = dict(name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT", github_id=h.github_id,
                    val_bpb=round(final_bpb, 8), val_loss=round(final_loss, 8),
                    bytes_total=code_bytes + model_bytes, bytes_code=code_bytes, bytes_model=model_bytes,
-                   steps=step, train_time_s=round(train_ms / 1000, 2), eval_time_s=round(eval_s, 2),
-                   world_size=world, device=dev_name, seed=h.seed,
+                   steps=steps, train_time_s=round(train_ms / 1000, 2), eval_time_s=round(eval_s, 2),
+                   world_size=rt.world, device=dev_name, seed=h.seed,
                    date=time.strftime("%Y-%m-%d", time.gmtime()),
                    prequant_val_bpb=round(pre_bpb, 8), roundtrip_val_bpb=round(rt_bpb, 8),
                    sliding_val_bpb=round(sl_bpb, 8), ttt_val_bpb=None if ttt_bpb is None else round(ttt_bpb, 8),
                    prune_pct=prune, run_id=h.run_id,
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, "
                          f"int5+zstd-22, sliding eval stride {h.eval_stride}"
-                         + (", score-first TTT" if h.ttt_enabled else "") + f"; {world}x {dev_name}")
-        write_atomic(out_dir / "submission.json", (json.dumps(sub, indent=2) + "\n").encode())
+                         + (", score-first TTT" if h.ttt_enabled else "") + f"; {rt.world}x {dev_name}")
+        write_atomic(Path(h.out_dir) / "submission.json", (json.dumps(sub, indent=2) + "\n").encode())
         log(f"submission.json written: val_bpb {final_bpb:.8f}")
 
 

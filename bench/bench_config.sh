@@ -2,9 +2,11 @@
 # The CPU bench configuration of SPEC §9 on the shared bench corpus, one process.
 # Usage: bash bench/bench_config.sh [OUT_DIR]   (extra env vars override, e.g. TTT_ENABLED=0)
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-shared="${SHARED:-$root/../shared}"
-out="${1:-$root/bench/out}"
+# Runs from the project root with the paths as given, so the log's hparams line carries no
+# machine-specific absolute path when OUT_DIR is relative (the default).
+cd "$(dirname "$0")/.."
+shared="${SHARED:-../shared}"
+out="${1:-bench/out/bench}"
 mkdir -p "$out"
 export DATA_PATH="${DATA_PATH:-$shared/data/datasets/bench_sp1024}"
 export TOKENIZER_PATH="${TOKENIZER_PATH:-$shared/data/tokenizers/fineweb_1024_bpe.model}"
@@ -14,8 +16,7 @@ export TRAIN_SEQ_LEN=${TRAIN_SEQ_LEN:-256} TRAIN_BATCH_TOKENS=${TRAIN_BATCH_TOKE
 export WARMDOWN_ITERS=${WARMDOWN_ITERS:-60} WARMUP_STEPS=${WARMUP_STEPS:-0} MAX_WALLCLOCK_SECONDS=${MAX_WALLCLOCK_SECONDS:-0}
 export SEED=${SEED:-42} TRAIN_LOG_EVERY=${TRAIN_LOG_EVERY:-20} TTT_LOG_EVERY=${TTT_LOG_EVERY:-4} MAX_EVAL_SECONDS=${MAX_EVAL_SECONDS:-3600}
 export OUT_DIR="$out" RUN_ID="${RUN_ID:-bench_seed$SEED}"
-cd "$out"
-python3 "$root/train_gpt.py"
+python3 train_gpt.py
 log="$out/logs/$RUN_ID.txt"
 python3 - "$log" <<'PY'
 import re, sys

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates train.log and submission.json at the repository root from one real run of the
-# committed train_gpt.py: the bench configuration on CPU, on the shared bench corpus.
+# committed train_gpt.py: the bench configuration on CPU, on the shared bench corpus
+# (paths relative to the project root, so the log reads the same on any machine).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-out="$(mktemp -d)"
-RUN_ID=record bash "$root/bench/bench_config.sh" "$out"
-cp "$out/logs/record.txt" "$root/train.log"
-cp "$out/submission.json" "$root/submission.json"
-echo "wrote $root/train.log and $root/submission.json (from $out)"
+cd "$(dirname "$0")/.."
+rm -rf bench/out/record
+RUN_ID=record bash bench/bench_config.sh bench/out/record
+cp bench/out/record/logs/record.txt train.log
+cp bench/out/record/submission.json submission.json
+echo "wrote train.log and submission.json (from bench/out/record)"

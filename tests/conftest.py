@@ -8,20 +8,19 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-BENCH = SHARED / "datasets" / "bench_sp1024"
-TOKENIZER = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
+TOKENIZER = ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"  # the challenge's sp1024
 
-needs_shared = pytest.mark.skipif(not BENCH.is_dir() or not TOKENIZER.is_file(),
-                                  reason="../shared/data (bench shards + tokenizer) is absent")
+
+def load_module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def load_tg():
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "train_gpt.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_gpt"] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("train_gpt", ROOT / "train_gpt.py")
 
 
 @pytest.fixture(scope="session")
@@ -39,19 +38,27 @@ TINY = dict(NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", MLP
             BIGRAM_BUCKETS="256", BIGRAM_DIM="16", VE_DIM="16", TRAIN_SEQ_LEN="64",
             TRAIN_BATCH_TOKENS="1024", ITERATIONS="30", WARMDOWN_ITERS="10", WARMUP_STEPS="0",
             MAX_WALLCLOCK_SECONDS="0", TTT_CHUNK_TOKENS="2048", EVAL_STRIDE="32", TRAIN_LOG_EVERY="1",
-            SEED="7", VAL_BATCH_SIZE="8192", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8")
+            SEED="7", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8", COMPILE="0")
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """Bench train shards plus a short validation shard (6,145 tokens)."""
-    if not BENCH.is_dir():
-        pytest.skip("../shared/data is absent")
+def synth_docs():
+    """(train documents, validation documents) of the seeded synthetic corpus."""
+    docs = load_module("synthetic_text", ROOT / "data" / "synthetic_text.py").documents(1050, seed=1)
+    return docs[50:], docs[:50]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, synth_docs):
+    """Synthetic corpus in the challenge's shard format: train shards of 50,000 tokens (the
+    stream crosses shard boundaries) and one validation shard of ~6,000 tokens."""
+    import sentencepiece as spm
+    pt = load_module("prepare_text", ROOT / "data" / "prepare_text.py")
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
     d = tmp_path_factory.mktemp("tinydata")
-    for f in sorted(BENCH.glob("fineweb_train_*.bin")):
-        (d / f.name).symlink_to(f)
-    val = np.fromfile(BENCH / "fineweb_val_000000.bin", "<u2", offset=1024)[:6145]
-    write_shard(d / "fineweb_val_000000.bin", val)
+    train, val = synth_docs
+    pt.write_split(d, "train", pt.encode_documents(sp, train), 50_000)
+    pt.write_split(d, "val", pt.encode_documents(sp, val), 1 << 30)
     return d
 
 
@@ -62,7 +69,7 @@ def run_script(out_dir, data_dir, nproc=1, **env_over):
     env.update({k: str(v) for k, v in env_over.items()})
     cmd = [sys.executable, str(ROOT / "train_gpt.py")] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train_gpt.py")]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=out_dir)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=out_dir)
 
 
 def metric(log_text, key):

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, metric, needs_shared, run_script
+from conftest import ROOT, metric, run_script
 from test_model import small_model
 
 
@@ -29,8 +29,21 @@ def test_pack_unpack_reproduces_fake_quantized_weights_exactly(tg):
     back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15)))
     assert set(back) == set(state)
     for n, t in state.items():
-        want = tg.fake_quant(t.float(), 0.15) if n in names else t.float()  # what QAT's forward sees
+        want = t.float()
+        if n in names:  # what QAT's forward sees
+            want = tg.fake_quant(want, tg.prune_thresholds([want], 0.15)[0])
         assert torch.equal(back[n], want), n
+
+
+def test_qat_forward_sees_exactly_the_exported_weights(tg):
+    model, state, names = trained_like_state(tg)
+    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15)))
+    tg.set_qat(model, 0.15)  # thresholds batched by shape, outside the graph
+    mods = dict(model.named_modules())
+    for n in names:
+        assert torch.equal(mods[n[:-len(".weight")]].qweight(), back[n]), n
+    tg.set_qat(model, None)
+    assert all(torch.equal(mods[n[:-7]].qweight(), state[n]) for n in names)
 
 
 def test_quantizer_picks_the_best_clip_per_row(tg):
@@ -66,7 +79,6 @@ def test_cap_logic_prunes_more_then_fails_cleanly(tg):
         tg.export_within_cap(state, names, 1000, 0.15, cap=1000 + 100)
 
 
-@needs_shared
 def test_artifact_reloads_in_a_fresh_process_with_the_same_bpb(tmp_path, tiny_data):
     r = run_script(tmp_path, tiny_data, TTT_ENABLED=0)
     assert r.returncode == 0, r.stderr[-2000:]

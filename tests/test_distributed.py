@@ -1,29 +1,52 @@
+"""End-to-end runs of train_gpt.py on the synthetic corpus: eager and compiled (the path users
+run), 1 and 2 processes (gloo), priming undone, bad input."""
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import metric, needs_shared, run_script
+from conftest import ROOT, TOKENIZER, metric, run_script
 
-pytestmark = needs_shared
+
+def run_ok(out, data, **env):
+    r = run_script(out, data, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return (out / "logs" / "t.txt").read_text()
 
 
 @pytest.fixture(scope="module")
 def one_proc(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("one")
-    r = run_script(out, tiny_data)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, (out / "logs" / "t.txt").read_text()
+    return out, run_ok(out, tiny_data)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("compiled")
+    return out, run_ok(out, tiny_data, COMPILE=1)
 
 
 def train_losses(log):
     return [float(x) for x in re.findall(r"train_loss:(\S+)", log)]
 
 
+def assert_compiled_run_is_whole(log):
+    """Every chunk but the last adapted, TTT gained, nothing compiled after priming."""
+    assert "compile:True" in log
+    assert re.search(r"priming: 4 steps run and undone, \d+ graphs compiled", log)
+    assert "stopped adapting" not in log
+    done, total = map(int, re.search(r"ttt adapted (\d+)/(\d+) chunks", log).groups())
+    assert total >= 3 and done == total - 1
+    assert metric(log, "legal_ttt_exact") < metric(log, "final_sliding_exact")
+    assert "recompiles after priming: 0" in log
+
+
 def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     out, log = one_proc
     losses = train_losses(log)
-    assert len(losses) == 30 and losses[-1] < losses[0] - 0.5
+    assert len(losses) == 30 and losses[-1] < losses[0] - 1.0
     sub = json.loads((out / "submission.json").read_text())
     assert sub["val_bpb"] == pytest.approx(metric(log, "legal_ttt_exact"), abs=1e-8)
     assert sub["sliding_val_bpb"] == pytest.approx(metric(log, "final_sliding_exact"), abs=1e-8)
@@ -32,28 +55,45 @@ def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     assert sub["bytes_model"] == (out / "final_model.int5.ptz").stat().st_size
     assert sub["steps"] == 30 and sub["world_size"] == 1
     assert re.search(r"qat: prune 0\.15 \+ int5 fake quantization on at step \d+", log)
+    assert str(out) not in log.split("\n", 1)[1]  # only the hparams line names the output folder
 
 
-def test_two_process_run_matches_one_process(tmp_path, tiny_data, one_proc):
-    r = run_script(tmp_path, tiny_data, nproc=2)
-    assert r.returncode == 0, r.stderr[-3000:]
-    log2 = (tmp_path / "logs" / "t.txt").read_text()
-    log1 = one_proc[1]
-    l1, l2 = train_losses(log1), train_losses(log2)
-    assert l2[-1] < l2[0] - 0.5
-    assert max(abs(a - b) for a, b in zip(l1, l2)) < 0.02
+def test_compiled_run_adapts_every_chunk_never_recompiles_and_matches_eager(compiled, one_proc):
+    log, eager = compiled[1], one_proc[1]
+    assert_compiled_run_is_whole(log)
+    assert max(abs(a - b) for a, b in zip(train_losses(log), train_losses(eager))) < 0.02
+    for key in ("final_prequant_ema_exact", "final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
+        assert metric(log, key) == pytest.approx(metric(eager, key), abs=0.01), key
+
+
+def test_compiled_two_process_run_matches_one_process(tmp_path, tiny_data, compiled):
+    log2, log1 = run_ok(tmp_path, tiny_data, nproc=2, COMPILE=1), compiled[1]
+    assert_compiled_run_is_whole(log2)
+    assert max(abs(a - b) for a, b in zip(train_losses(log1), train_losses(log2))) < 0.02
     for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
         assert metric(log2, key) == pytest.approx(metric(log1, key), abs=0.01), key
     assert json.loads((tmp_path / "submission.json").read_text())["world_size"] == 2
 
 
 def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
-    r = run_script(tmp_path, tiny_data, WARMUP_STEPS=3)
-    assert r.returncode == 0, r.stderr[-3000:]
-    log = (tmp_path / "logs" / "t.txt").read_text()
-    assert "compile priming: 3 steps run and undone" in log
+    log = run_ok(tmp_path, tiny_data, WARMUP_STEPS=3)
+    assert "priming: 3 steps run and undone" in log
     assert train_losses(log) == train_losses(one_proc[1])
     assert metric(log, "legal_ttt_exact") == metric(one_proc[1], "legal_ttt_exact")
+
+
+def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
+    """Rank 1's clock runs 3x faster than rank 0's: both still stop at one chunk, and finish."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "tests" / "budget_worker.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **dict(__import__("os").environ)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    stops = [[m for m in x["logs"] if "stopped adapting" in m] for x in res]
+    assert len(stops[0]) == len(stops[1]) == 1, res
+    chunk = [int(re.search(r"at chunk (\d+)/", s[0]).group(1)) for s in stops]
+    assert chunk[0] == chunk[1] and 0 < chunk[0] < res[0]["chunks"] - 1
+    assert res[0]["nll"] == res[1]["nll"]
 
 
 @pytest.mark.parametrize("env,msg", [
@@ -61,6 +101,7 @@ def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
     (dict(TRAIN_BATCH_TOKENS=1000), "does not split"),
     (dict(MATRIX_LR=1e30, EMBED_LR=1e30, SCALAR_LR=1e30, GRAD_CLIP_NORM=1e30), "non-finite training loss"),
     (dict(DATA_PATH="/nonexistent"), "no shard files match"),
+    (dict(TOKENIZER_PATH="/nonexistent.model"), "tokenizer not found"),
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)
@@ -69,3 +110,19 @@ def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     assert len(lines) == 1 and msg in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "final_model.int5.ptz").exists() and not (tmp_path / "submission.json").exists()
+
+
+def test_no_data_says_where_and_how_to_get_it(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert "./data/tokenizers/fineweb_1024_bpe.model" in line and "cached_challenge_fineweb.py --variant sp1024" in line
+
+
+def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled):
+    from conftest import load_module
+    fig = load_module("gpu_check", ROOT / "bench" / "gpu_check.py").figures(compiled[1], wall_s=100.0)
+    assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
+    for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms", "export_s"):
+        assert fig[k] > 0, k
+    assert fig["standard_eval_tok_s"] > fig["sliding_eval_tok_s"]  # stride 32 of 64: ~2x the work

@@ -27,10 +27,10 @@ def test_model_is_causal(tg):
 
 
 def test_xsa_output_is_orthogonal_to_own_value(tg):
-    y = torch.randn(2, 8, 10, 16)
-    v = torch.randn(2, 4, 10, 16)
+    y = torch.randn(2, 10, 8, 16)  # (B,T,H,D)
+    v = torch.randn(2, 10, 4, 16)  # (B,T,Hkv,D)
     out = tg.exclusive_self_attention(y, v)
-    vn = torch.nn.functional.normalize(v, dim=-1).repeat_interleave(2, dim=1)
+    vn = torch.nn.functional.normalize(v, dim=-1).repeat_interleave(2, dim=2)
     assert (out * vn).sum(-1).abs().max() < 1e-5
     # the part removed is exactly the projection on the own value direction
     assert torch.allclose(y - out, (y * vn).sum(-1, keepdim=True) * vn, atol=1e-5)

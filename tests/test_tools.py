@@ -118,7 +118,7 @@ def test_welch_small_improvement_fails():
 
 
 def test_welch_matches_scipy():
-    stats = pytest.importorskip("scipy.stats", reason="scipy not installed")
+    import scipy.stats as stats
     cases = [([3.480, 3.481, 3.479], BASE), ([3.49, 3.495, 3.489, 3.50], BASE),
              ([3.40, 3.45, 3.41], [3.46, 3.50, 3.44, 3.47, 3.45]), ([x - 0.003 for x in BASE], BASE)]
     for new, base in cases:
@@ -147,11 +147,31 @@ def test_significance_cli(tmp_path):
 
 # ---------------------------------------------------------------- plot
 def test_plot_writes_png(tmp_path):
-    if importlib.util.find_spec("matplotlib") is None:
-        pytest.skip("matplotlib not installed (pip install -r tools/requirements.txt)")
     png = tmp_path / "out.png"
     logs = [write_log(tmp_path / "a.log"), write_log(tmp_path / "b.log", finals=())]
     out = run("plot_log.py", *logs, "-o", str(png))
     assert out.returncode == 0, out.stderr
     data = png.read_bytes()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_estimator_uses_measured_gpu_figures(tmp_path):
+    m = dict(step_ms=800.0, qat_step_ms=1000.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1.5e5,
+             ttt_step_ms=80.0, export_s=30.0)
+    r = est.estimate(est.load_config(env={}), m)
+    nom, pes = r["scenarios"][1], r["scenarios"][2]
+    assert nom["step_ms"] == pytest.approx(800.0 / 8 * est.MULTI_GPU_OVERHEAD)
+    assert nom["qat_ratio"] == pytest.approx(1.25) and pes["step_ms"] > nom["step_ms"]
+    assert nom["eval_parts_s"]["sliding_pass"] == pytest.approx(62021632 / 1.5e5 / 8 * est.MULTI_GPU_OVERHEAD)
+    assert nom["steps"] * nom["step_ms"] / 1e3 < 600 and nom["train_s"] <= 600
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(m))
+    out = run("estimate_h100.py", "--gpu-check", str(path))
+    assert out.returncode == 0 and "MEASURED 1-GPU" in out.stdout
+
+
+def test_qat_steps_shorten_training_to_stay_in_the_wall_clock():
+    cfg = est.load_config(env={})
+    plain = est.train_steps(0.1, 1.0, cfg)
+    slow = est.train_steps(0.1, 1.5, cfg)
+    assert plain in (5999, 6000) and plain - slow in (262, 263)  # 525 QAT steps at +50%: 262.5 steps' time

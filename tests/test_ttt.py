@@ -92,3 +92,24 @@ def test_sliding_with_stride_equal_window_is_the_standard_eval(tg):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         direct = model(tokens[:-1].view(-1, L), tokens[1:].view(-1, L), reduce=False).float().flatten()
     assert torch.allclose(nll, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_ttt_batches_cover_each_sequence_once_in_one_shape(tg, world):
+    lo, hi, batch = 256, 256 + 11 * L + 5, 4  # 11 whole sequences: steps of 4, 4, 3
+    plans = [tg.ttt_batch_plan(lo, hi, L, batch, r, world) for r in range(world)]
+    assert all(s.shape == plans[0][0].shape == (3, math.ceil(batch / world)) for s, _ in plans)
+    used = sorted(int(s) for S, W in plans for s, w in zip(S.flatten(), W.flatten()) if w > 0)
+    assert used == list(range(lo, lo + 11 * L, L))
+    step_weight = sum(W.sum(1) for _, W in plans) * L  # weights of a step sum to 1 / its tokens
+    assert torch.allclose(step_weight, torch.ones(3, dtype=step_weight.dtype))
+
+
+def test_predicted_stop_keeps_training_inside_the_wall_clock(tg):
+    # 100 s left, plain steps 1 s, the last 10 steps (QAT) 2 s: 80 plain + 10 QAT = 100 s
+    assert tg.predict_stop(50, 900_000, 1000, 2000, 1_000_000, 10, 10**6) == 50 + 90
+    assert tg.predict_stop(50, 900_000, 1000, 1000, 1_000_000, 10, 10**6) == 50 + 100
+    assert tg.predict_stop(50, 900_000, 1000, 2000, 1_000_000, math.inf, 10**6) == 50 + 50  # QAT on
+    assert tg.predict_stop(50, 990_000, 1000, 2000, 1_000_000, 10, 10**6) == 50 + 5
+    assert tg.predict_stop(50, 1_200_000, 1000, 2000, 1_000_000, 10, 10**6) == 50  # over: stop now
+    assert tg.predict_stop(50, 0, 1000, 2000, 1_000_000, 10, 120) == 120  # ITERATIONS caps it

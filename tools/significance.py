@@ -8,8 +8,7 @@ Usage:
 Rule (in nats of val_loss): one-sided Welch t-test of H0: mean_base - mean_new <= margin,
   t = (mean_base - mean_new - margin) / sqrt(s_new^2/n_new + s_base^2/n_base),
   Welch-Satterthwaite dof; PASS if the one-sided p < alpha.
-The Student-t CDF is computed here (regularized incomplete beta by continued fraction),
-so scipy is not needed.
+The Student-t tail comes from scipy.stats (pip install -r tools/requirements.txt).
 """
 import argparse
 import math
@@ -17,48 +16,15 @@ import os
 import statistics
 import sys
 
+import scipy.stats
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from logparse import final_result, parse_log  # noqa: E402
 
 
-def _betacf(a, b, x, eps=1e-15, max_iter=500):
-    """Continued fraction for the regularized incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a, b, x):
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_sf(t, dof):
     """P(T > t) for Student's t with `dof` (real, > 0) degrees of freedom."""
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-    return tail if t >= 0 else 1.0 - tail
+    return float(scipy.stats.t.sf(t, dof))
 
 
 def welch_from_stats(mean_new, std_new, n_new, mean_base, std_base, n_base, margin=0.005):
