@@ -125,4 +125,3 @@ def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled):
     assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
     for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms", "export_s"):
         assert fig[k] > 0, k
-    assert fig["standard_eval_tok_s"] > fig["sliding_eval_tok_s"]  # stride 32 of 64: ~2x the work
