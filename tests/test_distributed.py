@@ -123,5 +123,6 @@ def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled):
     from conftest import load_module
     fig = load_module("gpu_check", ROOT / "bench" / "gpu_check.py").figures(compiled[1], wall_s=100.0)
     assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
-    for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms", "export_s"):
+    for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms"):
         assert fig[k] > 0, k
+    assert fig["export_s"] >= 0  # logged to 0.1 s: a tiny export reads 0.0
