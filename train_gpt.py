@@ -1,5 +1,5 @@
 """Parameter Golf (track 10min_16mb): 11-layer U-Net GPT with XSA and BigramHash, Muon,
-late int5 QAT, int5 + zstd-22 artifact, sliding-window eval and score-first TTT.
+late int5 QAT, int5 GPTQ + zstd artifact, sliding-window eval and score-first TTT.
 Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or python3 train_gpt.py)
 Hard rule: this file stays under 1,500 lines; every byte counts against the cap."""
 from __future__ import annotations
@@ -67,7 +67,10 @@ class Hyperparameters:
     grad_clip_norm: float = 0.3
     ema_decay: float = 0.997
     qat_threshold: float = 0.15
-    prune_pct: float = 0.15
+    prune_pct: float = 0.0  # magnitude-pruning floor; more only as far as BYTE_CAP needs
+    byte_cap: int = BYTE_CAP
+    gptq_calib_seqs: int = 64  # training sequences for the GPTQ Hessians (0: round to nearest)
+    gptq_reserve_seconds: float = 12.0  # of MAX_WALLCLOCK_SECONDS, kept for calibration
     eval_stride: int = 64
     eval_batch_seqs: int = 32
     ttt_enabled: int = 1
@@ -208,14 +211,42 @@ CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)
 SCALE_EPS = 1e-6
 
 
-def quantize_int5(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round to nearest at the per-row clip with the least error, each column's error
+    weighted by col_weight (diag of the input Hessian; None: plain MSE, as QAT and tables use)."""
     w = w.float()
     fracs = torch.tensor(CLIP_FRACS, device=w.device)
     scale = (w.abs().amax(1)[None] * fracs[:, None] / 15).clamp_min(SCALE_EPS).half().float()  # (K,R)
     q = torch.clamp(torch.round(w[None] / scale[..., None]), -15, 15)  # (K,R,C)
-    best = ((q * scale[..., None] - w[None]) ** 2).sum(-1).argmin(0)  # (R,)
+    err = (q * scale[..., None] - w[None]) ** 2
+    best = (err if col_weight is None else err * col_weight.float()).sum(-1).argmin(0)  # (R,)
     rows = torch.arange(w.size(0), device=w.device)
     return q[best, rows].to(torch.int8), scale[best, rows].half()
+
+
+def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int = 128,
+              damp: float = 0.01) -> torch.Tensor:
+    """GPTQ at fixed row scales: columns rounded in order of decreasing diag(H), each one's
+    rounding error pushed onto the columns not yet rounded through the upper Cholesky factor
+    of H^-1 (H = X^T X of the layer's input, damped). Returns the int5 codes."""
+    W, H = w.detach().float().clone(), H.detach().double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead], W[:, dead] = 1.0, 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(len(H), dtype=H.dtype)
+    perm = torch.argsort(torch.diag(H), descending=True)
+    W, H = W[:, perm], H[perm][:, perm]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    s, Q = scale.float()[:, None], torch.zeros_like(W)
+    for a in range(0, W.size(1), block):
+        b = min(a + block, W.size(1))
+        Wb, E = W[:, a:b].clone(), torch.zeros_like(W[:, a:b])
+        for i in range(b - a):
+            q = torch.clamp(torch.round(Wb[:, i:i + 1] / s), -15, 15)
+            Q[:, a + i:a + i + 1] = q
+            E[:, i:i + 1] = (Wb[:, i:i + 1] - q * s) / U[a + i, a + i]
+            Wb[:, i:] -= E[:, i:i + 1] * U[a + i, a + i:b]
+        W[:, b:] -= E @ U[a:b, b:]
+    return Q[:, torch.argsort(perm)].to(torch.int8)
 
 
 def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -436,6 +467,14 @@ class GPT(nn.Module):
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduce: bool = True):
         emb = self.tok_emb.qweight()  # tied: fake-quantized once for the input and the logits
+        x = self.hidden(ids, emb)
+        logits = F.linear(x, emb.to(x.dtype)).float()
+        logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        return nll.mean() if reduce else nll.view(targets.shape)
+
+    def hidden(self, ids: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The final-norm hidden state: the input of the tied embedding's output role."""
         x = rms_norm(F.embedding(ids, emb) + self.bigram(ids))
         g = torch.sigmoid(self.smear_gate)
         x = torch.cat([x[:, :1], (1 - g) * x[:, 1:] + g * x[:, :-1]], 1)
@@ -449,11 +488,7 @@ class GPT(nn.Module):
             x = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None)
             if i < self.n_enc:
                 skips.append(x)
-        x = rms_norm(x)
-        logits = F.linear(x, emb.to(x.dtype)).float()
-        logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
-        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-        return nll.mean() if reduce else nll.view(targets.shape)
+        return rms_norm(x)
 
 
 def quantized_modules(model: nn.Module) -> list[nn.Module]:
@@ -579,23 +614,37 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 
 
 # ----------------------------------------------------------------------------- artifact
-# Prune, quantize every QAT module weight to int5, keep the rest fp32; pack into a
-# self-describing container (magic, JSON header, raw little-endian arrays; no pickle) and
-# compress with zstd-22. Written atomically; loads validate everything before use.
+# Every QAT module weight becomes int5: GPTQ (clips chosen by diag(H)-weighted error) where a
+# Hessian of its input was collected, round-to-nearest for lookup tables; the rest stays fp32.
+# A self-describing container (magic, JSON header, raw little-endian arrays; no pickle),
+# compressed by the smallest of a few zstd levels (any frame decodes alike). Over the cap,
+# the cheapest +-1 symbols become 0, just enough to fit. Written atomically; loads validate.
 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
 
 
-def quantize_state(state: dict, int5_names: set, prune: float) -> dict:
+ZSTD_LEVELS = (16, 19, 22)
+
+
+def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: dict | None = None) -> dict:
     """name -> ('int5', q, scale) or ('raw', fp32 tensor)."""
     out = {}
     for name, t in state.items():
         t = t.detach().float().cpu()
-        out[name] = ("int5", *quantize_int5(prune_smallest(t, prune))) if name in int5_names else ("raw", t)
+        H = (hessians or {}).get(name)
+        if name not in int5_names:
+            out[name] = ("raw", t)
+        elif H is None:
+            out[name] = ("int5", *quantize_int5(prune_smallest(t, prune)))
+        else:
+            H = H.cpu()
+            scale = quantize_int5(t, torch.diag(H))[1]
+            out[name] = ("int5", gptq_int5(prune_smallest(t, prune), H, scale), scale)
     return out
 
 
-def pack_artifact(qstate: dict) -> bytes:
+def pack_artifact(qstate: dict, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
+    """The smallest zstd frame over `levels`; also returns {level: bytes}."""
     import zstandard
     arrays, int5 = [], []
     for name, entry in qstate.items():
@@ -608,7 +657,11 @@ def pack_artifact(qstate: dict) -> bytes:
     arrays.sort(key=lambda a: not a[0].endswith(".q"))  # int5 symbols together compress best
     header = json.dumps({"int5": int5, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
     blob = ARTIFACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for _, a in arrays)
-    return zstandard.ZstdCompressor(level=22, write_checksum=True).compress(blob)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(levels)) as ex:  # zstd releases the GIL: levels in parallel
+        frames = dict(zip(levels, ex.map(lambda lv: zstandard.ZstdCompressor(level=lv, write_checksum=True).compress(blob), levels)))
+    best = min(frames, key=lambda lv: len(frames[lv]))
+    return frames[best], {lv: len(f) for lv, f in frames.items()}
 
 
 def unpack_artifact(data: bytes) -> dict:
@@ -646,18 +699,104 @@ def unpack_artifact(data: bytes) -> dict:
         raise RunError(f"corrupt artifact container: {e}")
 
 
-def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float,
-                      cap: int = BYTE_CAP, log=print) -> tuple[bytes, float]:
-    """Packs at `prune`; while code + artifact exceeds the cap, prunes 5 points more."""
-    while True:
-        blob = pack_artifact(quantize_state(state, int5_names, prune))
-        total = code_bytes + len(blob)
-        if total <= cap:
-            return blob, prune
-        if prune >= 0.95:
-            raise RunError(f"artifact cannot fit: {total} bytes > cap {cap} even at prune {prune:.2f}")
-        log(f"artifact over cap: {total} > {cap} at prune {prune:.2f}; pruning more")
-        prune = min(0.95, round(prune + 0.05, 4))
+@torch.no_grad()
+def collect_hessians(model: GPT, seqs: torch.Tensor, batch: int, world: int) -> dict:
+    """X^T X / tokens of each int5 matrix's input over the calibration sequences of all ranks:
+    every CastedLinear's input, and the final-norm hidden state for the tied embedding."""
+    hs, hooks = {}, []
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+
+    def add(name, x):
+        x = x.detach().float().reshape(-1, x.size(-1))
+        with torch.autocast(x.device.type, enabled=False):  # an fp32 Gram matrix, not bf16/TF32
+            hs[name] = hs.get(name, 0) + x.T @ x
+
+    try:
+        for name, m in model.named_modules():
+            if isinstance(m, CastedLinear):
+                hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])))
+        model.eval()
+        for xb in seqs.split(batch):
+            with torch.autocast(seqs.device.type, dtype=torch.bfloat16):
+                add("tok_emb.weight", model.hidden(xb, model.tok_emb.weight))
+    finally:
+        for hk in hooks:
+            hk.remove()
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    for name in sorted(hs):
+        if world > 1:
+            dist.all_reduce(hs[name])
+        hs[name] /= seqs.numel() * world  # per token: comparable to a table's cost of 1
+    return hs
+
+
+def prune_candidates(qstate: dict, hessians: dict | None):
+    """Every +-1 symbol, cheapest first (cost of zeroing it: scale_row^2 * H_jj, H_jj = 1 for
+    tables): (int5 names, owner index, flat position, is +1)."""
+    names = [n for n, e in qstate.items() if e[0] == "int5"]
+    cost, owner, pos, plus = [], [], [], []
+    for k, name in enumerate(names):
+        q, scale = qstate[name][1], qstate[name][2]
+        H = (hessians or {}).get(name)
+        hd = torch.ones(q.size(1)) if H is None else torch.diag(H).float().cpu()
+        idx = (q.abs() == 1).flatten().nonzero().squeeze(1)
+        cost.append((scale.float()[:, None] ** 2 * hd).flatten()[idx])
+        owner.append(torch.full_like(idx, k))
+        pos.append(idx)
+        plus.append(q.flatten()[idx] > 0)
+    order = torch.cat(cost).argsort()
+    return names, torch.cat(owner)[order], torch.cat(pos)[order], torch.cat(plus)[order]
+
+
+def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
+    out = dict(qstate)
+    for k, name in enumerate(names):
+        idx = pos[:n][owner[:n] == k]
+        if len(idx):
+            q = qstate[name][1].clone()
+            q.view(-1)[idx] = 0
+            out[name] = ("int5", q, qstate[name][2])
+    return out
+
+
+def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float = 0.0,
+                      hessians: dict | None = None, cap: int = BYTE_CAP, log=print) -> tuple[bytes, dict]:
+    """Quantizes and packs; over the cap, zeroes the cheapest +-1 symbols, just enough. Their
+    count comes from the symbols' order-0 entropy, scaled to bytes by the last real pack."""
+    qstate = quantize_state(state, int5_names, prune, hessians)
+    blob, sizes = pack_artifact(qstate)
+    level = min(sizes, key=sizes.get)
+    info = dict(level=level, sizes=sizes, pruned=0, pruned_frac=0.0, packs=1)
+    budget = cap - code_bytes
+    if len(blob) <= budget:
+        return blob, info
+    names, owner, pos, plus = prune_candidates(qstate, hessians)
+    counts = sum(torch.bincount(qstate[n][1].flatten().long() + 15, minlength=31) for n in names).double()
+    n_syms, plus_cum = counts.sum(), torch.cat([torch.zeros(1), plus.double().cumsum(0)])
+
+    def entropy_bytes(n: int) -> float:  # after zeroing the n cheapest
+        c = counts.clone()
+        c[16], c[14], c[15] = c[16] - plus_cum[n], c[14] - (n - plus_cum[n]), c[15] + n
+        p = c[c > 0] / n_syms
+        return float(-(p * p.log2()).sum() * n_syms / 8)
+
+    fixed, n, size = len(blob) - entropy_bytes(0), 0, len(blob)
+    for _ in range(6):
+        ratio = (size - fixed) / entropy_bytes(n)
+        lo, hi = n, len(pos)
+        while lo < hi:  # the fewest symbols whose predicted size fits with 0.1% margin
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fixed + ratio * entropy_bytes(mid) <= 0.999 * budget else (mid + 1, hi)
+        n = lo
+        blob, _ = pack_artifact(zero_cheapest(qstate, names, owner, pos, n), (level,))
+        size, info["packs"] = len(blob), info["packs"] + 1
+        if size <= budget:
+            info.update(pruned=n, pruned_frac=n / float(n_syms))
+            return blob, info
+        if n == len(pos):
+            break
+        log(f"artifact over cap with {n} symbols zeroed: {code_bytes + size} > {cap}; refining")
+    raise RunError(f"artifact cannot fit: {code_bytes + size} bytes > cap {cap} with {n} of {len(pos)} +-1 symbols zeroed")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -888,6 +1027,10 @@ def setup(h: Hyperparameters) -> Runtime:
     accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
     if h.train_batch_tokens % (world * accum * h.train_seq_len):
         raise RunError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={h.train_seq_len}")
+    if h.gptq_calib_seqs % world:
+        raise RunError(f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks")
+    if 0 < h.max_wallclock_seconds <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0:
+        raise RunError(f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds}")
     if h.ttt_chunk_tokens < h.train_seq_len or h.eval_stride <= 0 or h.eval_stride > h.train_seq_len:
         raise RunError("need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN")
     rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), log)
@@ -932,6 +1075,7 @@ class Trainer:
 
     def step(self, x, y, mult: float, step: int, qat: bool) -> torch.Tensor:
         h, rt = self.h, self.rt
+        self.model.train()
         set_qat(self.model, h.prune_pct if qat else None)
         frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
         for g in self.optimizers[0].param_groups:
@@ -1001,7 +1145,8 @@ class Trainer:
         """The timed loop; returns (EMA weights, steps, training ms)."""
         h, rt, log = self.h, self.rt, self.rt.log
         ema = [p.detach().float().clone() for p in self.params]
-        wall_ms, qat_steps = 1000 * h.max_wallclock_seconds, math.ceil(h.qat_threshold * h.warmdown_iters)
+        reserve = h.gptq_reserve_seconds if h.gptq_calib_seqs > 0 else 0.0
+        wall_ms, qat_steps = 1000 * (h.max_wallclock_seconds - reserve), math.ceil(h.qat_threshold * h.warmdown_iters)
         stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
         sync(rt.device)
         t0 = time.perf_counter()
@@ -1009,7 +1154,7 @@ class Trainer:
             mult = lr_multiplier(step, stop_at, h.warmdown_iters)
             if qat_from is None and mult < h.qat_threshold:
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0, before_ms)
-                log(f"qat: prune {h.prune_pct:.2f} + int5 fake quantization on at step {step} (lr multiplier {mult:.3f})")
+                log(f"qat: prune {h.prune_pct:.2f} + int5 round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
             loss = self.step(*self.batch(), mult, step, qat_from is not None)
             with torch.no_grad():
                 d = min(h.ema_decay, (1 + step) / (10 + step))
@@ -1018,7 +1163,7 @@ class Trainer:
             log_now = step <= 10 or step % h.train_log_every == 0 or step == stop_at
             if log_now or (qat_from is not None and step % 10 == 0):  # QAT steps are slower: re-predict
                 elapsed = self.elapsed_ms(t0, before_ms)
-                if wall_ms > 0:
+                if h.max_wallclock_seconds > 0:
                     plain = (qat_at_ms / qat_from) if qat_from else elapsed / step
                     on = qat_from is not None and step > qat_from
                     qat_ms = (elapsed - qat_at_ms) / (step - qat_from) if on else plain * qat_ratio
@@ -1040,16 +1185,28 @@ class Trainer:
         set_qat(self.model, None)
         return ema, step, self.elapsed_ms(t0, before_ms)
 
+    def calibrate(self) -> tuple[dict | None, float]:
+        """GPTQ Hessians of the (EMA) model on the next training sequences; (hessians, ms)."""
+        h, rt = self.h, self.rt
+        if h.gptq_calib_seqs <= 0:
+            return None, 0.0
+        t0 = time.perf_counter()
+        x, _ = rank_batch(self.stream, h.gptq_calib_seqs * h.train_seq_len, h.train_seq_len, rt.rank, rt.world)
+        hs = collect_hessians(self.model, x.to(rt.device), h.eval_batch_seqs, rt.world)
+        return hs, self.elapsed_ms(t0)
 
-def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int) -> tuple[int, float]:
+
+def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int,
+           hessians: dict | None) -> tuple[int, dict]:
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
     status = [None]
     if rt.rank == 0:
         try:
             int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
-            blob, prune = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct, log=rt.log)
+            blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct,
+                                           hessians, h.byte_cap, rt.log)
             write_atomic(artifact, blob)
-            status = [(len(blob), prune)]
+            status = [(len(blob), info)]
         except RunError as e:
             status = [str(e)]
     if rt.world > 1:
@@ -1079,24 +1236,29 @@ def main() -> None:
     qat_ratio = trainer.prime()
     primed = compiled_graphs()
     ema, steps, train_ms = trainer.train(qat_ratio, validate)
-    log(f"training done: {steps} steps, train_time:{train_ms:.0f}ms")
+    with torch.no_grad():
+        for p, e in zip(trainer.params, ema):
+            p.copy_(e)
+    hessians, calib_ms = trainer.calibrate()
+    over = 0 < h.max_wallclock_seconds < (train_ms + calib_ms) / 1000
+    log(f"training done: {steps} steps, train_time:{train_ms:.0f}ms gptq_calibration:{calib_ms:.0f}ms "
+        f"({h.gptq_calib_seqs} training seqs) total:{train_ms + calib_ms:.0f}ms" + (" OVER THE WALL CLOCK" if over else ""))
     if device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
 
     # ---- everything from here counts against the eval budget
     clock = make_clock()
-    with torch.no_grad():
-        for p, e in zip(trainer.params, ema):
-            p.copy_(e)
     pre_loss, pre_bpb = validate()
     log(f"step:{steps}/{steps} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
     log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
     artifact = Path(h.out_dir) / "final_model.int5.ptz"
     code_bytes = len(Path(__file__).read_bytes())
     t_ex = clock()
-    model_bytes, prune = export(h, rt, model, artifact, code_bytes)
-    log(f"artifact prune_pct:{prune:.2f} file:{artifact.name} export_time:{clock() - t_ex:.1f}s")
-    log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{BYTE_CAP}")
+    model_bytes, info = export(h, rt, model, artifact, code_bytes, hessians)
+    log(f"artifact {'gptq' if hessians else 'rtn'} zstd level {info['level']} (levels: {info['sizes']}), "
+        f"pruned {info['pruned']} symbols = {info['pruned_frac']:.4%} in {info['packs']} packs, "
+        f"export_time:{clock() - t_ex:.1f}s file {artifact.name}")
+    log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{h.byte_cap}")
     load_artifact_into(model, artifact)  # every rank evaluates the weights read back from disk
     t_rt = clock()
     rt_loss, rt_bpb = validate()
@@ -1124,17 +1286,20 @@ def main() -> None:
         sub = dict(name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT", github_id=h.github_id,
                    val_bpb=round(final_bpb, 8), val_loss=round(final_loss, 8),
                    bytes_total=code_bytes + model_bytes, bytes_code=code_bytes, bytes_model=model_bytes,
-                   steps=steps, train_time_s=round(train_ms / 1000, 2), eval_time_s=round(eval_s, 2),
+                   steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2), eval_time_s=round(eval_s, 2),
+                   gptq_calibration_s=round(calib_ms / 1000, 2),
                    world_size=rt.world, device=dev_name, seed=h.seed,
                    date=time.strftime("%Y-%m-%d", time.gmtime()),
                    prequant_val_bpb=round(pre_bpb, 8), roundtrip_val_bpb=round(rt_bpb, 8),
                    sliding_val_bpb=round(sl_bpb, 8), ttt_val_bpb=None if ttt_bpb is None else round(ttt_bpb, 8),
-                   prune_pct=prune, run_id=h.run_id,
+                   pruned_frac=info["pruned_frac"], zstd_level=info["level"], gptq=bool(hessians), run_id=h.run_id,
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, "
-                         f"int5+zstd-22, sliding eval stride {h.eval_stride}"
+                         f"int5 {'GPTQ' if hessians else 'RTN'} + zstd, sliding eval stride {h.eval_stride}"
                          + (", score-first TTT" if h.ttt_enabled else "") + f"; {rt.world}x {dev_name}")
         write_atomic(Path(h.out_dir) / "submission.json", (json.dumps(sub, indent=2) + "\n").encode())
         log(f"submission.json written: val_bpb {final_bpb:.8f}")
+    if rt.world > 1:
+        dist.barrier()  # every rank done before the process group is torn down
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def figures(log: str, wall_s: float) -> dict:
         m = re.search(pattern, log, re.M)
         return cast(m.group(1)) if m else None
     steps = {int(s): float(t) for s, t in re.findall(r"^step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", log, re.M)}
-    qat_at, last = num(r"fake quantization on at step (\d+)", int), max(steps)  # steps > qat_at ran QAT
+    qat_at, last = num(r"^qat: .* on at step (\d+)", int), max(steps)  # steps > qat_at ran QAT
     val = num(r"^val_tokens:(\d+)", int)
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
     return dict(

@@ -26,7 +26,7 @@ def test_every_matrix_is_int5_whatever_its_size(tg):
 
 def test_pack_unpack_reproduces_fake_quantized_weights_exactly(tg):
     _, state, names = trained_like_state(tg)
-    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15)))
+    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0])
     assert set(back) == set(state)
     for n, t in state.items():
         want = t.float()
@@ -37,7 +37,7 @@ def test_pack_unpack_reproduces_fake_quantized_weights_exactly(tg):
 
 def test_qat_forward_sees_exactly_the_exported_weights(tg):
     model, state, names = trained_like_state(tg)
-    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15)))
+    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0])
     tg.set_qat(model, 0.15)  # thresholds batched by shape, outside the graph
     mods = dict(model.named_modules())
     for n in names:
@@ -60,7 +60,7 @@ def test_quantizer_picks_the_best_clip_per_row(tg):
 def test_pickle_and_truncated_artifacts_are_rejected(tg, tmp_path):
     import zstandard
     _, state, names = trained_like_state(tg)
-    blob = tg.pack_artifact(tg.quantize_state(state, names, 0.15))
+    blob = tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0]
     with pytest.raises(tg.RunError, match="zstd"):
         tg.unpack_artifact(blob[: len(blob) // 2])
     with pytest.raises(tg.RunError, match="zstd"):
@@ -69,14 +69,80 @@ def test_pickle_and_truncated_artifacts_are_rejected(tg, tmp_path):
         tg.unpack_artifact(zstandard.ZstdCompressor().compress(pickle.dumps({"w": 1})))
 
 
-def test_cap_logic_prunes_more_then_fails_cleanly(tg):
+def correlated_layer(seed=0, rows=48, cols=64, n=2048):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, cols, generator=g) @ torch.randn(cols, cols, generator=g)  # correlated inputs
+    X[:, 3] *= 10  # one dominant channel, as the tied embedding's final-norm input has
+    return torch.randn(rows, cols, generator=g), X
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs_and_equals_it_without_correlation(tg):
+    W, X = correlated_layer()
+    H = X.T @ X
+    scale = tg.quantize_int5(W, torch.diag(H))[1]
+    rtn = torch.clamp(torch.round(W / scale.float()[:, None]), -15, 15)
+    q = tg.gptq_int5(W, H, scale)
+    assert q.abs().max() <= 15 and q.dtype == torch.int8
+    out_err = lambda Q: ((W - Q.float() * scale.float()[:, None]) @ X.T).norm()
+    assert out_err(q) < 0.8 * out_err(rtn)
+    assert torch.equal(tg.gptq_int5(W, torch.eye(64), scale).float(), rtn)  # identity Hessian: RTN
+    assert torch.equal(tg.gptq_int5(W, torch.diag(torch.diag(H)), scale).float(), rtn)
+
+
+def test_hessian_weighted_clip_lowers_the_weighted_error(tg):
+    W, X = correlated_layer(1)
+    hd = torch.diag(X.T @ X)
+    err = lambda qs: (((W - tg.dequantize_int5(*qs)) ** 2) * hd).sum()
+    assert err(tg.quantize_int5(W, hd)) < 0.95 * err(tg.quantize_int5(W))
+
+
+def cap_setup(tg):
+    """Peaked (Laplace) weights like trained ones: 0 is the commonest symbol."""
     _, state, names = trained_like_state(tg)
-    base = len(tg.pack_artifact(tg.quantize_state(state, names, 0.15)))
-    msgs = []
-    blob, prune = tg.export_within_cap(state, names, 1000, 0.15, cap=1000 + base - 1, log=msgs.append)
-    assert prune > 0.15 and len(blob) < base and msgs
+    torch.manual_seed(0)
+    for n in names:
+        state[n] = torch.distributions.Laplace(0.0, 0.02).sample(state[n].shape)
+    hs = {n: torch.diag(torch.rand(state[n].size(1)) + 0.1) for n in names if "emb" not in n and "table" not in n}
+    free, info = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=10**9)
+    return state, names, hs, free, info
+
+
+def test_prune_to_fit_only_binds_under_the_cap_and_prunes_more_as_it_tightens(tg):
+    state, names, hs, free, info = cap_setup(tg)
+    assert info["pruned"] == 0 and info["packs"] == 1 and len(free) == min(info["sizes"].values())
+    pruned = []
+    for shrink in (0.99, 0.96, 0.93):
+        cap = 1000 + int(shrink * len(free))
+        blob, inf = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=cap, log=lambda m: None)
+        assert 1000 + len(blob) <= cap and inf["pruned"] > 0 and inf["packs"] <= 4
+        back = tg.unpack_artifact(blob)  # whichever zstd level won, it decodes
+        assert set(back) == set(state)
+        pruned.append(inf["pruned"])
+    assert pruned == sorted(pruned) and pruned[0] < pruned[-1]
     with pytest.raises(tg.RunError, match="cannot fit"):
-        tg.export_within_cap(state, names, 1000, 0.15, cap=1000 + 100)
+        tg.export_within_cap(state, names, 1000, 0.0, hs, cap=1000 + 100, log=lambda m: None)
+
+
+def test_prune_to_fit_zeroes_the_cheapest_plus_minus_one_symbols(tg):
+    state, names, hs, free, _ = cap_setup(tg)
+    q = tg.quantize_state(state, names, 0.0, hs)
+    nm, owner, pos, plus = tg.prune_candidates(q, hs)
+    z = tg.zero_cheapest(q, nm, owner, pos, 500)
+    changed = sum(int((z[n][1] != q[n][1]).sum()) for n in nm)
+    assert changed == 500 and all(((z[n][1] != q[n][1]) <= (q[n][1].abs() == 1)).all() for n in nm)
+    cost = lambda n, i: float(q[n][2].float()[i // q[n][1].size(1)] ** 2 * (torch.diag(hs[n])[i % q[n][1].size(1)] if n in hs else 1.0))
+    costs = [cost(nm[k], int(p)) for k, p in zip(owner[:600], pos[:600])]
+    assert costs == sorted(costs)
+
+
+def test_zstd_picks_the_smallest_frame_and_any_level_decodes(tg):
+    _, state, names = trained_like_state(tg)
+    q = tg.quantize_state(state, names)
+    blob, sizes = tg.pack_artifact(q)
+    assert set(sizes) == set(tg.ZSTD_LEVELS) and len(blob) == min(sizes.values())
+    for lv in tg.ZSTD_LEVELS:
+        other, _ = tg.pack_artifact(q, (lv,))
+        assert all(torch.equal(a, b) for a, b in zip(tg.unpack_artifact(other).values(), tg.unpack_artifact(blob).values()))
 
 
 def test_artifact_reloads_in_a_fresh_process_with_the_same_bpb(tmp_path, tiny_data):
@@ -102,3 +168,32 @@ print(tg.bpb(nll, tg.target_bytes(val, luts))[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert abs(float(out.stdout.split()[-1]) - want) < 1e-6
     assert "artifact bytes_total:" in log and "error" not in r.stderr
+
+
+def test_gptq_calibration_reads_the_next_training_tokens(tg, tiny_data, monkeypatch):
+    import numpy as np
+    h = tg.Hyperparameters(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
+                           bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=64,
+                           train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data))
+    rt = tg.Runtime(0, 1, torch.device("cpu"), 1, False, tg.Logger(None))
+    trainer = tg.Trainer(h, rt, tg.GPT(h))
+    trainer.batch(), trainer.batch()  # two training batches of 256 (+1) tokens
+    seen = []
+    monkeypatch.setattr(tg, "collect_hessians", lambda model, x, batch, world: seen.append(x) or {})
+    trainer.calibrate()
+    ref = tg.TokenStream(str(tiny_data / "fineweb_train_*.bin"))
+    ref.take(2 * 257)
+    assert torch.equal(seen[0].flatten(), torch.from_numpy(ref.take(4 * 64 + 1)[:-1].astype(np.int64)))
+
+
+def test_hessians_are_the_inputs_gram_matrices(tg):
+    model = small_model(tg)
+    ids = torch.randint(0, 128, (3, 32))
+    hs = tg.collect_hessians(model, ids, 2, 1)
+    names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.CastedLinear)} | {"tok_emb.weight"}
+    assert set(hs) == names  # lookup tables (bigram, VE) have none: round to nearest
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = model.hidden(ids, model.tok_emb.weight).float().reshape(-1, 64)
+        b = model.bigram.table(tg.bigram_buckets(ids, 64)).float().reshape(-1, 16)
+    assert torch.allclose(hs["tok_emb.weight"], x.T @ x / 96, rtol=1e-4, atol=1e-5)  # per token
+    assert torch.allclose(hs["bigram.proj.weight"], b.T @ b / 96, rtol=1e-4, atol=1e-6)

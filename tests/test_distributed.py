@@ -54,7 +54,8 @@ def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     assert [sub["bytes_total"], sub["bytes_code"], sub["bytes_model"]] == [int(g) for g in art.groups()]
     assert sub["bytes_model"] == (out / "final_model.int5.ptz").stat().st_size
     assert sub["steps"] == 30 and sub["world_size"] == 1
-    assert re.search(r"qat: prune 0\.15 \+ int5 fake quantization on at step \d+", log)
+    assert re.search(r"qat: prune 0\.00 \+ int5 round-to-nearest on at step \d+", log)
+    assert re.search(r"artifact gptq zstd level \d+ .* pruned 0 symbols", log)
     assert str(out) not in log.split("\n", 1)[1]  # only the hparams line names the output folder
 
 
@@ -82,6 +83,13 @@ def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
     assert metric(log, "legal_ttt_exact") == metric(one_proc[1], "legal_ttt_exact")
 
 
+def test_wall_clock_run_keeps_training_and_calibration_inside_the_limit(tmp_path, tiny_data):
+    log = run_ok(tmp_path, tiny_data, MAX_WALLCLOCK_SECONDS=4, GPTQ_RESERVE_SECONDS=1, ITERATIONS=10**6,
+                 WARMDOWN_ITERS=20, TTT_ENABLED=0)
+    train, calib, total = map(int, re.search(r"train_time:(\d+)ms gptq_calibration:(\d+)ms .* total:(\d+)ms", log).groups())
+    assert train <= 3500 and total <= 4000 and "int5 round-to-nearest on at step" in log
+
+
 def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     """Rank 1's clock runs 3x faster than rank 0's: both still stop at one chunk, and finish."""
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -102,6 +110,7 @@ def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     (dict(MATRIX_LR=1e30, EMBED_LR=1e30, SCALAR_LR=1e30, GRAD_CLIP_NORM=1e30), "non-finite training loss"),
     (dict(DATA_PATH="/nonexistent"), "no shard files match"),
     (dict(TOKENIZER_PATH="/nonexistent.model"), "tokenizer not found"),
+    (dict(MAX_WALLCLOCK_SECONDS=10, GPTQ_RESERVE_SECONDS=12), "leaves no training time"),
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)
