@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU bench configuration of SPEC §9 on the shared bench corpus, one process.
-# Usage: bash bench/bench_config.sh [OUT_DIR]   (extra env vars override, e.g. TTT_ENABLED=0)
+# Usage: bash bench/bench_config.sh [OUT_DIR]   (extra env vars override, e.g. TTT_ENABLED=0;
+# SCRIPT=bench/export_ab.py runs that script in this configuration instead of train_gpt.py)
 set -euo pipefail
 # Runs from the project root with the paths as given, so the log's hparams line carries no
 # machine-specific absolute path when OUT_DIR is relative (the default).
@@ -16,8 +17,9 @@ export TRAIN_SEQ_LEN=${TRAIN_SEQ_LEN:-256} TRAIN_BATCH_TOKENS=${TRAIN_BATCH_TOKE
 export WARMDOWN_ITERS=${WARMDOWN_ITERS:-60} WARMUP_STEPS=${WARMUP_STEPS:-0} MAX_WALLCLOCK_SECONDS=${MAX_WALLCLOCK_SECONDS:-0}
 export SEED=${SEED:-42} TRAIN_LOG_EVERY=${TRAIN_LOG_EVERY:-20} TTT_LOG_EVERY=${TTT_LOG_EVERY:-4} MAX_EVAL_SECONDS=${MAX_EVAL_SECONDS:-3600}
 export OUT_DIR="$out" RUN_ID="${RUN_ID:-bench_seed$SEED}"
-python3 train_gpt.py
+python3 "${SCRIPT:-train_gpt.py}"
 log="$out/logs/$RUN_ID.txt"
+[ -f "$log" ] || exit 0
 python3 - "$log" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
