@@ -744,7 +744,7 @@ def prune_candidates(qstate: dict, hessians: dict | None):
         owner.append(torch.full_like(idx, k))
         pos.append(idx)
         plus.append(q.flatten()[idx] > 0)
-    order = torch.cat(cost).argsort()
+    order = torch.cat(cost).argsort(stable=True)  # ties in a fixed order: a reproducible artifact
     return names, torch.cat(owner)[order], torch.cat(pos)[order], torch.cat(plus)[order]
 
 

@@ -100,9 +100,9 @@ def cap_setup(tg):
     """Peaked (Laplace) weights like trained ones: 0 is the commonest symbol."""
     _, state, names = trained_like_state(tg)
     torch.manual_seed(0)
-    for n in names:
+    for n in sorted(names):  # a set's order changes between processes
         state[n] = torch.distributions.Laplace(0.0, 0.02).sample(state[n].shape)
-    hs = {n: torch.diag(torch.rand(state[n].size(1)) + 0.1) for n in names if "emb" not in n and "table" not in n}
+    hs = {n: torch.diag(torch.rand(state[n].size(1)) + 0.1) for n in sorted(names) if "emb" not in n and "table" not in n}
     free, info = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=10**9)
     return state, names, hs, free, info
 
