@@ -29,5 +29,5 @@ def clock():  # rank 0: 1 s per reading, rank 1: 3 s
 logs = []
 nll = tg.eval_ttt(model, model, tokens, h, rank, 2, torch.device("cpu"), torch.ones(1200), clock, logs.append, budget=60.0)
 Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps(dict(logs=logs, chunks=10, nll=nll.tolist())))
-dist.barrier()  # both ranks done before gloo is torn down
-dist.destroy_process_group()
+dist.barrier()  # both ranks have written their results
+os._exit(0)  # skip gloo's teardown: it rarely aborts at exit ("terminate called"), failing a passed run
