@@ -634,12 +634,13 @@ def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: d
         H = (hessians or {}).get(name)
         if name not in int5_names:
             out[name] = ("raw", t)
-        elif H is None:
-            out[name] = ("int5", *quantize_int5(prune_smallest(t, prune)))
+            continue
+        t = prune_smallest(t, prune)
+        if H is None:
+            out[name] = ("int5", *quantize_int5(t))
         else:
-            H = H.cpu()
-            scale = quantize_int5(t, torch.diag(H))[1]
-            out[name] = ("int5", gptq_int5(prune_smallest(t, prune), H, scale), scale)
+            scale = quantize_int5(t, torch.diag(H.cpu()))[1]
+            out[name] = ("int5", gptq_int5(t, H.cpu(), scale), scale)
     return out
 
 
@@ -1076,7 +1077,8 @@ class Trainer:
     def step(self, x, y, mult: float, step: int, qat: bool) -> torch.Tensor:
         h, rt = self.h, self.rt
         self.model.train()
-        set_qat(self.model, h.prune_pct if qat else None)
+        if qat:  # QAT is switched off explicitly (set_qat(model, None)) wherever it ends
+            set_qat(self.model, h.prune_pct)
         frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
         for g in self.optimizers[0].param_groups:
             g["momentum"] = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
