@@ -33,7 +33,7 @@ class Hyperparameters:
     seed: int = 1337
     vocab_size: int = 1024
     iterations: int = 20000
-    warmup_steps: int = 20  # priming steps (half with QAT), undone; >= 4 when compiling
+    warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph when compiling
     warmdown_iters: int = 3500
     max_wallclock_seconds: float = 600.0
     max_eval_seconds: float = 600.0
@@ -52,6 +52,9 @@ class Hyperparameters:
     ve_dim: int = 128
     ve_layers: int = 2
     xsa_last_n: int = -1  # -1: every layer
+    parallel_from: int = -1  # layers >= this run attention and MLP on one normed input (-1: none)
+    recur_layers: str = ""  # e.g. "4,5": these consecutive layers run twice (shared weights)...
+    recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) training steps on
     rope_dims: int = 16
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
@@ -59,13 +62,13 @@ class Hyperparameters:
     matrix_lr: float = 0.025
     embed_lr: float = 0.035
     scalar_lr: float = 0.025
-    muon_momentum: float = 0.99
+    muon_momentum: float = 0.97
     muon_momentum_warmup_start: float = 0.92
     muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5
-    weight_decay: float = 0.04
+    weight_decay: float = 0.09
     grad_clip_norm: float = 0.3
-    ema_decay: float = 0.997
+    ema_decay: float = 0.9965
     qat_threshold: float = 0.15
     prune_pct: float = 0.0  # magnitude-pruning floor; more only as far as BYTE_CAP needs
     byte_cap: int = BYTE_CAP
@@ -204,18 +207,21 @@ def bpb(nll: torch.Tensor, nbytes: torch.Tensor) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- int5 quantizer
-# One quantizer for QAT and export: per-row scale = clip/15 (fp16), q in [-15, 15], the clip
-# chosen per row from a few fractions of the row max by reconstruction error.
+# One int5 code for QAT and export: per-row scale = clip/15 (fp16), q in [-15, 15], the clip
+# chosen per row from a few fractions of the row max by reconstruction error (GPTQ: finer grid).
 
-CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)
+CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)  # QAT and lookup tables
+GPTQ_CLIP_FRACS = tuple(1.0 - 0.05 * i for i in range(11))  # export only: 1.0, 0.95, ..., 0.5
+GPTQ_DAMP = 0.05  # x mean diag(H); 0.05-0.1 beat 0.01 and 0.003 on the bench (bench/gptq_sweep.py)
 SCALE_EPS = 1e-6
 
 
-def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round to nearest at the per-row clip with the least error, each column's error
-    weighted by col_weight (diag of the input Hessian; None: plain MSE, as QAT and tables use)."""
+def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None,
+                  fracs=CLIP_FRACS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round to nearest at the per-row clip (a fraction of the row max) with the least error,
+    each column's error weighted by col_weight (diag of the input Hessian; None: plain MSE)."""
     w = w.float()
-    fracs = torch.tensor(CLIP_FRACS, device=w.device)
+    fracs = torch.tensor(fracs, device=w.device)
     scale = (w.abs().amax(1)[None] * fracs[:, None] / 15).clamp_min(SCALE_EPS).half().float()  # (K,R)
     q = torch.clamp(torch.round(w[None] / scale[..., None]), -15, 15)  # (K,R,C)
     err = (q * scale[..., None] - w[None]) ** 2
@@ -225,7 +231,7 @@ def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None) -> tu
 
 
 def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int = 128,
-              damp: float = 0.01) -> torch.Tensor:
+              damp: float = GPTQ_DAMP) -> torch.Tensor:
     """GPTQ at fixed row scales: columns rounded in order of decreasing diag(H), each one's
     rounding error pushed onto the columns not yet rounded through the upper Cholesky factor
     of H^-1 (H = X^T X of the layer's input, damped). Returns the int5 codes."""
@@ -433,11 +439,36 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.in_scale = 1.0 / math.sqrt(i + 1)
+        self.parallel = 0 <= h.parallel_from <= i
 
     def forward(self, x, x0, cos, sin, ve=None):
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
+        a = self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
+        if self.parallel:  # attention and MLP read the same normed input
+            return x + a + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+        x = x + a
         return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+
+
+def layer_plan(num_layers: int, recur: tuple[int, ...]) -> list[tuple[int, bool]]:
+    """(layer, first pass) in execution order: the `recur` layers run again right after the
+    last of them. Repeat passes take no part in the U-Net skips."""
+    plan = []
+    for i in range(num_layers):
+        plan.append((i, True))
+        if recur and i == recur[-1]:
+            plan += [(r, False) for r in recur]
+    return plan
+
+
+def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
+    try:
+        r = tuple(int(t) for t in spec.replace(" ", "").split(",") if t)
+    except ValueError:
+        r = (-1,)
+    if r and (r != tuple(range(r[0], r[0] + len(r))) or r[0] < 0 or r[-1] >= num_layers):
+        raise RunError(f"RECUR_LAYERS={spec!r} must be consecutive layers in 0..{num_layers - 1}")
+    return r
 
 
 def unet_skip_plan(num_layers: int) -> list[tuple[int, int]]:
@@ -461,6 +492,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
         self.n_enc = h.num_layers // 2
         self.skip_weights = nn.Parameter(torch.ones(len(unet_skip_plan(h.num_layers)), d))
+        self.recur_layers = parse_recur(h.recur_layers, h.num_layers)
+        self.recur = False  # switched on during training (a second compiled graph, primed)
         cos, sin = rope_tables(h.train_seq_len, h.rope_dims, h.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -481,12 +514,12 @@ class GPT(nn.Module):
         x0 = x
         ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
         skips = []
-        for i, blk in enumerate(self.blocks):
-            j = i - self.n_enc
-            if 0 <= j < self.skip_weights.size(0):
+        for i, first in layer_plan(len(self.blocks), self.recur_layers if self.recur else ()):
+            blk, j = self.blocks[i], i - self.n_enc
+            if first and 0 <= j < self.skip_weights.size(0):
                 x = x + self.skip_weights[j] * skips.pop()
             x = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None)
-            if i < self.n_enc:
+            if first and i < self.n_enc:
                 skips.append(x)
         return rms_norm(x)
 
@@ -584,15 +617,25 @@ def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
 
 
 def predict_stop(step: int, elapsed_ms: float, plain_ms: float, qat_ms: float, wallclock_ms: float,
-                 qat_steps: float, iterations: int) -> int:
+                 qat_steps: float, iterations: int, recur_frac: float = 1.0, recur_ratio: float = 1.0) -> int:
     """The step to stop at so training ends inside the wall clock, when the last `qat_steps`
-    steps (inf: all from now) take qat_ms each and the others plain_ms."""
+    steps (inf: all from now) take qat_ms each and the others plain_ms; with recurrence still
+    to come (recur_frac < 1), steps from recur_frac x stop on take recur_ratio x longer."""
     left = wallclock_ms - elapsed_ms
     if left >= qat_steps * qat_ms:
         n = qat_steps + (left - qat_steps * qat_ms) // plain_ms
     else:
         n = left // qat_ms
-    return int(min(iterations, step + max(0, n)))
+    stop = int(min(iterations, step + max(0, n)))
+    for _ in range(8 if recur_frac < 1 else 0):  # fixed point: the switch step moves with the stop
+        sw = max(step, math.ceil(recur_frac * stop))
+        pre_ms = qat_ms if qat_steps == math.inf else plain_ms  # QAT already on: so are the steps before
+        new = predict_stop(sw, elapsed_ms + (sw - step) * pre_ms, plain_ms * recur_ratio,
+                           qat_ms * recur_ratio, wallclock_ms, qat_steps, iterations)
+        if new == stop:
+            break
+        stop = new
+    return stop
 
 
 def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) -> None:
@@ -639,7 +682,7 @@ def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: d
         if H is None:
             out[name] = ("int5", *quantize_int5(t))
         else:
-            scale = quantize_int5(t, torch.diag(H.cpu()))[1]
+            scale = quantize_int5(t, torch.diag(H.cpu()), GPTQ_CLIP_FRACS)[1]
             out[name] = ("int5", gptq_int5(t, H.cpu(), scale), scale)
     return out
 
@@ -819,8 +862,15 @@ def load_artifact_into(model: GPT, path: Path) -> GPT:
     return model
 
 
+def recur_at_end(h: Hyperparameters) -> bool:
+    """Whether a finished run's model runs its recurrence (it switched on during training)."""
+    return bool(parse_recur(h.recur_layers, h.num_layers)) and h.recur_start_frac < 1
+
+
 def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
-    return load_artifact_into(GPT(h), path).to(device)
+    model = load_artifact_into(GPT(h), path).to(device)
+    model.recur = recur_at_end(h)
+    return model
 
 
 # ----------------------------------------------------------------------------- evaluation & TTT
@@ -1106,24 +1156,28 @@ class Trainer:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.item()
 
-    def prime(self) -> float:
-        """Runs every graph the run needs (training without and with QAT, scoring, the TTT step)
-        on training tokens, then undoes it all: weights, optimizer state, data stream.
-        Returns the measured QAT / plain step-time ratio (1 when unmeasured)."""
+    def prime(self) -> tuple[float, float]:
+        """Runs every graph the run needs (training plain, with recurrence, with QAT; scoring;
+        the TTT step) on training tokens, then undoes it all: weights, optimizer state, data
+        stream. Returns the measured QAT / plain and recurrent / plain step-time ratios."""
         h, rt, model = self.h, self.rt, self.model
-        n = max(h.warmup_steps, 4 if rt.compile else 0)
+        recs = [False, True] if model.recur_layers and 0 < h.recur_start_frac < 1 else [recur_at_end(h)]
+        phases = [(r, q) for q in (False, True) for r in recs]  # (recurrent, QAT): every pair reachable
+        n = max(h.warmup_steps, 2 * len(phases) if rt.compile else 0)
         if n == 0:
-            return 1.0
+            return 1.0, 1.0
         snapshot = ({k: v.clone() for k, v in model.state_dict().items()},
                     [{"state": {}, "param_groups": o.state_dict()["param_groups"]} for o in self.optimizers])
-        times = {False: [], True: []}
+        times = {ph: [] for ph in phases}
         for i in range(n):
-            qat = i >= n // 2
+            ph = phases[i * len(phases) // n]
+            model.recur = ph[0]
             t0 = time.perf_counter()
             x, y = self.batch()
-            self.step(x, y, 1.0, 0, qat)
-            times[qat].append(self.elapsed_ms(t0))
+            self.step(x, y, 1.0, 0, ph[1])
+            times[ph].append(self.elapsed_ms(t0))
         set_qat(model, None)
+        model.recur = recur_at_end(h)
         toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
         eval_sliding(self.run_model, toks, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs, 0, 1, rt.device)
         params = ttt_params(model)
@@ -1134,25 +1188,34 @@ class Trainer:
                  torch.full((per,), 1.0 / h.train_seq_len, device=rt.device), params,
                  torch.optim.AdamW(params), h, 1)
         set_trainable(model, None)
+        model.recur = False
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
             opt.load_state_dict(sd)
         self.stream = TokenStream(self.pattern)
-        ratio = max(1.0, min(times[True][1:] or [1.0]) / min(times[False][1:] or [1.0]))
+        best = {ph: min(times[ph][1:] or [math.nan]) for ph in phases}
+        r = recs[-1]  # the QAT ratio of the end state; the recurrence ratio of plain steps
+        ratios = [max(1.0, x) if x == x else 1.0 for x in
+                  (best[r, True] / best[r, False], best[True, False] / best[False, False] if len(recs) > 1 else 1.0)]
         rt.log(f"priming: {n} steps run and undone, {compiled_graphs()} graphs compiled, "
-               f"qat/plain step time {ratio:.2f}")
-        return ratio
+               f"qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}")
+        return ratios[0], ratios[1]
 
-    def train(self, qat_ratio: float, validate) -> tuple[list[torch.Tensor], int, float]:
+    def train(self, ratios: tuple[float, float], validate) -> tuple[list[torch.Tensor], int, float]:
         """The timed loop; returns (EMA weights, steps, training ms)."""
-        h, rt, log = self.h, self.rt, self.rt.log
+        h, rt, log, model = self.h, self.rt, self.rt.log, self.model
+        qat_ratio, recur_ratio = ratios
         ema = [p.detach().float().clone() for p in self.params]
         reserve = h.gptq_reserve_seconds if h.gptq_calib_seqs > 0 else 0.0
         wall_ms, qat_steps = 1000 * (h.max_wallclock_seconds - reserve), math.ceil(h.qat_threshold * h.warmdown_iters)
         stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
+        recur_from, recur_at_ms, switch = None, 0.0, recur_at_end(h)
         sync(rt.device)
         t0 = time.perf_counter()
         while step < stop_at:
+            if switch and recur_from is None and step >= min(h.recur_start_frac * stop_at, stop_at - 1):
+                model.recur, recur_from, recur_at_ms = True, step, self.elapsed_ms(t0, before_ms)
+                log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
             mult = lr_multiplier(step, stop_at, h.warmdown_iters)
             if qat_from is None and mult < h.qat_threshold:
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0, before_ms)
@@ -1163,14 +1226,19 @@ class Trainer:
                 torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1 - d)
             step += 1
             log_now = step <= 10 or step % h.train_log_every == 0 or step == stop_at
-            if log_now or (qat_from is not None and step % 10 == 0):  # QAT steps are slower: re-predict
+            slower = step % 10 == 0 and (qat_from is not None or (recur_from is not None and step - recur_from <= 50))
+            if log_now or slower:  # QAT and recurrent steps are slower: re-predict
                 elapsed = self.elapsed_ms(t0, before_ms)
-                if h.max_wallclock_seconds > 0:
-                    plain = (qat_at_ms / qat_from) if qat_from else elapsed / step
+                if h.max_wallclock_seconds > 0:  # plain: the mean non-QAT step since the recurrence switch
+                    a, a_ms = (recur_from, recur_at_ms) if recur_from is not None else (0, 0.0)
+                    b, b_ms = (qat_from, qat_at_ms) if qat_from is not None else (step, elapsed)
+                    plain = (b_ms - a_ms) / (b - a) if b > a else elapsed / step
                     on = qat_from is not None and step > qat_from
                     qat_ms = (elapsed - qat_at_ms) / (step - qat_from) if on else plain * qat_ratio
+                    pending = switch and recur_from is None
                     stop_at = predict_stop(step, elapsed, plain, qat_ms, wall_ms,
-                                           math.inf if qat_from is not None else qat_steps, h.iterations)
+                                           math.inf if qat_from is not None else qat_steps, h.iterations,
+                                           h.recur_start_frac if pending else 1.0, recur_ratio)
             if log_now:
                 if rt.world > 1:
                     dist.all_reduce(loss)
@@ -1185,6 +1253,8 @@ class Trainer:
                 log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
                 t0 = time.perf_counter()
         set_qat(self.model, None)
+        if model.recur != recur_at_end(h):
+            raise RunError(f"training stopped at step {step} before the recurrence switched on; lower RECUR_START_FRAC")
         return ema, step, self.elapsed_ms(t0, before_ms)
 
     def calibrate(self) -> tuple[dict | None, float]:
@@ -1235,9 +1305,9 @@ def main() -> None:
         return bpb(nll, val_bytes)
 
     # ---- prime, then train on the 600 s clock
-    qat_ratio = trainer.prime()
+    ratios = trainer.prime()
     primed = compiled_graphs()
-    ema, steps, train_ms = trainer.train(qat_ratio, validate)
+    ema, steps, train_ms = trainer.train(ratios, validate)
     with torch.no_grad():
         for p, e in zip(trainer.params, ema):
             p.copy_(e)

@@ -2,7 +2,7 @@
 
 Runs train_gpt.py on random-token shards (timings do not depend on the text) for a short,
 fixed schedule, then prints (and writes as JSON) what it measured: ms per 786,432-token step
-without and with QAT, peak memory, the attention kernel, recompiles after priming, eval
+plain, with the recurrence (when configured) and with QAT (on top of it), peak memory, the attention kernel, recompiles after priming, eval
 tokens/s of the standard and the stride-64 sliding pass, ms per TTT step, export seconds.
 `python3 tools/estimate_h100.py --gpu-check OUT/gpu_check.json` then uses these figures.
 Meant for one H100 and <= 8 minutes:  python3 bench/gpu_check.py [OUT_DIR]
@@ -38,11 +38,14 @@ def figures(log: str, wall_s: float) -> dict:
         return cast(m.group(1)) if m else None
     steps = {int(s): float(t) for s, t in re.findall(r"^step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", log, re.M)}
     qat_at, last = num(r"^qat: .* on at step (\d+)", int), max(steps)  # steps > qat_at ran QAT
+    rec_at = num(r"^recurrence: .* from step (\d+)", int)  # steps > rec_at ran the recurrence
+    plain_to = rec_at if rec_at is not None and rec_at < qat_at else qat_at
     val = num(r"^val_tokens:(\d+)", int)
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
     return dict(
         device=num(r"device:(.+?) compile:", str), attention=num(r"attention:(\S+)", str),
-        step_ms=steps[qat_at] / qat_at,
+        step_ms=steps[plain_to] / plain_to,
+        recur_step_ms=(steps[qat_at] - steps[plain_to]) / (qat_at - plain_to) if plain_to < qat_at else None,
         qat_step_ms=(steps[last] - steps[qat_at]) / (last - qat_at),
         peak_mem_mib=num(r"peak memory allocated: (\d+) MiB", int),
         recompiles_after_priming=num(r"recompiles after priming: (\d+)", int),

@@ -145,8 +145,9 @@ def test_zstd_picks_the_smallest_frame_and_any_level_decodes(tg):
         assert all(torch.equal(a, b) for a, b in zip(tg.unpack_artifact(other).values(), tg.unpack_artifact(blob).values()))
 
 
-def test_artifact_reloads_in_a_fresh_process_with_the_same_bpb(tmp_path, tiny_data):
-    r = run_script(tmp_path, tiny_data, TTT_ENABLED=0)
+@pytest.mark.parametrize("env", [{}, {"RECUR_LAYERS": "1,2", "PARALLEL_FROM": "2"}])
+def test_artifact_reloads_in_a_fresh_process_with_the_same_bpb(tmp_path, tiny_data, env):
+    r = run_script(tmp_path, tiny_data, TTT_ENABLED=0, **env)
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / "logs" / "t.txt").read_text()
     want = metric(log, "final_int5_zstd_roundtrip_exact")
@@ -156,7 +157,7 @@ sys.path.insert(0, {str(ROOT)!r})
 import train_gpt as tg
 from conftest import TINY, TOKENIZER
 import os, sentencepiece as spm
-h = tg.Hyperparameters.from_env({{**TINY, "DATA_PATH": {str(tiny_data)!r}}})
+h = tg.Hyperparameters.from_env({{**TINY, **{env!r}, "DATA_PATH": {str(tiny_data)!r}}})
 m = tg.load_artifact_model(tg.Path({str(tmp_path / 'final_model.int5.ptz')!r}), h, torch.device("cpu"))
 val = tg.load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
 luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=str(TOKENIZER)), 1024)

@@ -32,10 +32,10 @@ def train_losses(log):
     return [float(x) for x in re.findall(r"train_loss:(\S+)", log)]
 
 
-def assert_compiled_run_is_whole(log):
+def assert_compiled_run_is_whole(log, primed=4):
     """Every chunk but the last adapted, TTT gained, nothing compiled after priming."""
     assert "compile:True" in log
-    assert re.search(r"priming: 4 steps run and undone, \d+ graphs compiled", log)
+    assert re.search(rf"priming: {primed} steps run and undone, \d+ graphs compiled", log)
     assert "stopped adapting" not in log
     done, total = map(int, re.search(r"ttt adapted (\d+)/(\d+) chunks", log).groups())
     assert total >= 3 and done == total - 1
@@ -76,6 +76,36 @@ def test_compiled_two_process_run_matches_one_process(tmp_path, tiny_data, compi
     assert json.loads((tmp_path / "submission.json").read_text())["world_size"] == 2
 
 
+RECUR = dict(RECUR_LAYERS="1,2", PARALLEL_FROM="2", QAT_THRESHOLD="0.5")  # QAT from step 26 of 30
+
+
+@pytest.fixture(scope="module")
+def recurrent(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("recurrent")
+    return out, run_ok(out, tiny_data, COMPILE=1, **RECUR)
+
+
+def graphs(log):
+    return int(re.search(r"(\d+) graphs compiled", log).group(1))
+
+
+def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(recurrent, compiled, tmp_path, tiny_data):
+    log = recurrent[1]
+    assert_compiled_run_is_whole(log, primed=8)  # (recurrence, QAT): 4 graphs x 2 steps
+    assert "recurrence: layers (1, 2) run twice from step 15" in log and "on at step 26" in log
+    assert graphs(log) > graphs(compiled[1])
+    eager = run_ok(tmp_path, tiny_data, **RECUR)  # the compiled graphs follow the model's recurrence flag
+    assert max(abs(a - b) for a, b in zip(train_losses(log), train_losses(eager))) < 0.02
+    for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
+        assert metric(log, key) == pytest.approx(metric(eager, key), abs=0.01), key
+
+
+def test_qat_before_the_recurrence_switch_is_primed_too(tmp_path, tiny_data):
+    log = run_ok(tmp_path, tiny_data, COMPILE=1, TTT_ENABLED=0, **{**RECUR, "RECUR_START_FRAC": "0.95"})
+    assert "on at step 26" in log and "recurrence: layers (1, 2) run twice from step 29" in log
+    assert "recompiles after priming: 0" in log
+
+
 def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
     log = run_ok(tmp_path, tiny_data, WARMUP_STEPS=3)
     assert "priming: 3 steps run and undone" in log
@@ -111,6 +141,8 @@ def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     (dict(DATA_PATH="/nonexistent"), "no shard files match"),
     (dict(TOKENIZER_PATH="/nonexistent.model"), "tokenizer not found"),
     (dict(MAX_WALLCLOCK_SECONDS=10, GPTQ_RESERVE_SECONDS=12), "leaves no training time"),
+    (dict(RECUR_LAYERS="1,3"), "must be consecutive layers"),
+    (dict(RECUR_LAYERS="x"), "must be consecutive layers"),
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)
@@ -128,9 +160,13 @@ def test_no_data_says_where_and_how_to_get_it(tmp_path):
     assert "./data/tokenizers/fineweb_1024_bpe.model" in line and "cached_challenge_fineweb.py --variant sp1024" in line
 
 
-def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled):
+def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled, recurrent):
     from conftest import load_module
-    fig = load_module("gpu_check", ROOT / "bench" / "gpu_check.py").figures(compiled[1], wall_s=100.0)
+    figures = load_module("gpu_check", ROOT / "bench" / "gpu_check.py").figures
+    assert figures(compiled[1], wall_s=100.0)["recur_step_ms"] is None
+    fig = figures(recurrent[1], wall_s=100.0)
+    steps = {int(s): float(t) for s, t in re.findall(r"step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", recurrent[1])}
+    assert fig["step_ms"] == pytest.approx(steps[15] / 15) and fig["recur_step_ms"] == pytest.approx((steps[26] - steps[15]) / 11)
     assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
     for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms"):
         assert fig[k] > 0, k

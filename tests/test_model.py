@@ -70,6 +70,42 @@ def test_unet_skip_wiring(tg):
     assert torch.equal(ins[10], outs[9])  # the last block gets no skip
 
 
+def test_recurrence_reruns_its_layers_after_the_last_of_them_outside_the_skips(tg):
+    plan = tg.layer_plan(11, (4, 5))
+    assert [i for i, _ in plan] == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]
+    assert [i for i, first in plan if not first] == [4, 5] and tg.layer_plan(11, ()) == [(i, True) for i in range(11)]
+    for bad in ("4,6", "10,11", "x"):
+        with pytest.raises(tg.RunError):
+            tg.parse_recur(bad, 11)
+    model = small_model(tg, num_layers=11, recur_layers="4,5")
+    calls = []
+    for i, blk in enumerate(model.blocks):
+        blk.register_forward_hook(lambda m, args, out, i=i: calls.append((i, args[0], out)))
+    ids = torch.randint(0, 128, (1, 32))
+    base = model(ids, ids)
+    assert [c[0] for c in calls] == list(range(11))
+    calls.clear()
+    model.recur = True
+    assert not torch.allclose(model(ids, ids), base)
+    assert [c[0] for c in calls] == [i for i, _ in plan]
+    out = [c[2] for c in calls]
+    assert torch.equal(calls[6][1], out[5]) and torch.equal(calls[7][1], out[6])  # repeats: no skip
+    assert torch.allclose(calls[5][1], out[4] + model.skip_weights[0] * out[4], atol=1e-6)  # block 5: block 4's first pass
+    assert torch.allclose(calls[8][1], out[7] + model.skip_weights[1] * out[3], atol=1e-6)  # block 6 after the repeat
+
+
+def test_parallel_layers_feed_attention_and_mlp_the_same_input(tg):
+    model = small_model(tg, parallel_from=3)
+    assert [b.parallel for b in model.blocks] == [False, False, False, True, True]
+    seen = {}
+    for i, blk in enumerate(model.blocks):
+        for name in ("attn", "mlp"):
+            getattr(blk, name).register_forward_pre_hook(lambda m, args, k=(i, name): seen.__setitem__(k, args[0]))
+    model(*(torch.randint(0, 128, (1, 32)),) * 2)
+    assert [torch.equal(seen[i, "attn"], seen[i, "mlp"]) for i in range(5)] == [False, False, False, True, True]
+    assert not any(b.parallel for b in small_model(tg).blocks)
+
+
 def test_default_model_has_about_27m_parameters(tg):
     with torch.device("meta"):
         model = tg.GPT(tg.Hyperparameters())

@@ -177,3 +177,37 @@ def test_qat_steps_shorten_training_to_stay_in_the_wall_clock():
     assert plain in (5999, 6000) and plain - slow in (262, 263)  # 525 QAT steps at +50%: 262.5 steps' time
     reserved = est.train_steps(0.1, 1.0, est.load_config(env={}))  # 12 s kept for GPTQ calibration
     assert plain - reserved in (119, 120, 121)
+
+
+def test_recurrence_costs_its_extra_layers_from_the_switch_on():
+    plain = est.load_config(env={"GPTQ_CALIB_SEQS": "0"})
+    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "4,5", "RECUR_START_FRAC": "0.5"})
+    fwd, _ = est.flops_per_token(cfg)
+    fwd_r, _ = est.flops_per_token(cfg, recur=True)
+    assert fwd == est.flops_per_token(plain)[0] and 1.15 < fwd_r / fwd < 2 / 11 + 1  # + 2 of 11 layers, not the head
+    r = est.estimate(cfg)
+    ratio = r["recur_ratio"]
+    assert ratio == pytest.approx(fwd_r / fwd)
+    steps = est.train_steps(0.1, 1.0, cfg, ratio)
+    assert est.train_seconds(steps, 0.1, 1.0, cfg, ratio) <= 600 < est.train_seconds(steps + 2, 0.1, 1.0, cfg, ratio)
+    assert steps == pytest.approx(6000 / (0.5 + 0.5 * ratio), abs=2)
+    nom = r["scenarios"][1]
+    assert nom["train_s"] <= 600 and nom["steps"] < est.estimate(plain)["scenarios"][1]["steps"]
+
+
+def test_significance_compares_any_metric_and_pairs_seeds(tmp_path):
+    new = [write_log(tmp_path / f"new{s}.log", seed=s, shift=d) for s, d in [(1, -0.010), (2, -0.012), (3, -0.008)]]
+    base = [write_log(tmp_path / f"base{s}.log", seed=s, shift=d) for s, d in [(1, 0.0), (2, 0.004), (3, -0.004)]]
+    out = run("significance.py", *new, "--baseline-logs", *base, "--metric", "sliding", "--margin", "0")
+    assert out.returncode == 0, out.stderr
+    assert "final_sliding_exact" in out.stdout and "legal_ttt_exact" not in out.stdout
+    assert "paired by seed [1, 2, 3]: improvements (nats) +0.01000 +0.01600 +0.00400" in out.stdout
+
+
+def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
+    m = dict(step_ms=800.0, recur_step_ms=900.0, qat_step_ms=1080.0, standard_eval_tok_s=4e6,
+             sliding_eval_tok_s=1.5e5, ttt_step_ms=80.0, export_s=30.0)
+    cfg = est.load_config(env={"RECUR_LAYERS": "4,5"})
+    nom = est.estimate(cfg, m)["scenarios"][1]
+    assert nom["recur_ratio"] == pytest.approx(900 / 800) and nom["qat_ratio"] == pytest.approx(1080 / 900)
+    assert nom["train_s"] <= 588 and est.estimate(cfg)["scenarios"][1]["recur_ratio"] > 1.15  # FLOPs without a measurement

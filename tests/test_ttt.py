@@ -113,3 +113,13 @@ def test_predicted_stop_keeps_training_inside_the_wall_clock(tg):
     assert tg.predict_stop(50, 990_000, 1000, 2000, 1_000_000, 10, 10**6) == 50 + 5
     assert tg.predict_stop(50, 1_200_000, 1000, 2000, 1_000_000, 10, 10**6) == 50  # over: stop now
     assert tg.predict_stop(50, 0, 1000, 2000, 1_000_000, 10, 120) == 120  # ITERATIONS caps it
+
+
+def test_stop_prediction_prices_the_recurrent_steps_and_fits_the_wall_clock(tg):
+    # no recurrence to come, or recurrence at no cost: the plain prediction
+    assert tg.predict_stop(0, 0, 1000, 2000, 1_000_000, 10, 10**6, 0.5, 1.0) == 990
+    assert tg.predict_stop(0, 0, 1000, 2000, 1_000_000, 10, 10**6, 1.0, 2.0) == 990
+    stop = tg.predict_stop(0, 0, 1000, 1000, 1_000_000, 0, 10**6, 0.5, 1.5)
+    sw = math.ceil(0.5 * stop)  # the loop switches at step >= frac * stop
+    cost = lambda n: sw * 1000 + (n - sw) * 1500  # noqa: E731
+    assert cost(stop) <= 1_000_000 < cost(stop + 2) and 780 < stop < 820

@@ -30,6 +30,7 @@ DEFAULTS = dict(
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
     warmdown_iters=3500, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=12.0,
     iterations=0,  # 0 = bounded by wall clock only
+    recur_layers="", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
 )
 GPUS = 8
 PEAK_FLOPS = 989e12          # dense bf16 per H100 SXM
@@ -51,6 +52,8 @@ EVAL_TARGET_S = 540.0        # the pessimistic eval estimate must stay under thi
 
 def _coerce(key, value):
     ref = DEFAULTS[key]
+    if isinstance(ref, str):
+        return str(value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -96,10 +99,17 @@ def total_params(cfg):
     return matmul_params(cfg) + tables + vectors + scalars
 
 
-def flops_per_token(cfg):
-    """(forward, train) FLOPs per token."""
-    attn = cfg["num_layers"] * 2 * 2 * cfg["train_seq_len"] * cfg["model_dim"] * 0.5
-    fwd = 2 * matmul_params(cfg) + attn
+def recur_count(cfg):
+    return len([t for t in str(cfg["recur_layers"]).split(",") if t.strip()])
+
+
+def flops_per_token(cfg, recur=False):
+    """(forward, train) FLOPs per token; recur: with the recurrent layers' second pass."""
+    r = recur_count(cfg) if recur else 0
+    layers = cfg["num_layers"] + r
+    attn = layers * 2 * 2 * cfg["train_seq_len"] * cfg["model_dim"] * 0.5
+    d, kv = cfg["model_dim"], _kv_dim(cfg)
+    fwd = 2 * (matmul_params(cfg) + r * (2 * d * d + 2 * d * kv + 2 * d * cfg["mlp_hidden"])) + attn
     return fwd, 3 * fwd
 
 
@@ -108,16 +118,31 @@ def anchor_mfu():
     return train * ANCHOR_BATCH / (GPUS * PEAK_FLOPS * ANCHOR_STEP_S)
 
 
-def train_steps(step_s, qat_ratio, cfg):
-    """Steps that fit the wall clock when the last QAT steps take qat_ratio x step_s."""
-    q = math.ceil(cfg["qat_threshold"] * cfg["warmdown_iters"])
+def train_seconds(steps, step_s, qat_ratio, cfg, recur_ratio=1.0):
+    """Seconds of `steps` steps: the last ceil(QAT_THRESHOLD x WARMDOWN_ITERS) run QAT
+    (x qat_ratio), those from recur_start_frac x steps on run the recurrence (x recur_ratio)."""
+    q = min(steps, math.ceil(cfg["qat_threshold"] * cfg["warmdown_iters"]))
+    rec = recur_count(cfg) and cfg["recur_start_frac"] < 1
+    sw = max(0, math.ceil(cfg["recur_start_frac"] * steps)) if rec else steps
+    a = steps - q  # the first QAT step
+    plain, rec_only, qat_only, both = min(a, sw), max(0, a - sw), max(0, sw - a), steps - max(a, sw)
+    return step_s * (plain + rec_only * recur_ratio + qat_only * qat_ratio + both * recur_ratio * qat_ratio)
+
+
+def train_steps(step_s, qat_ratio, cfg, recur_ratio=1.0):
+    """The most steps whose train_seconds fit the wall clock minus the GPTQ reserve."""
     left = cfg["max_wallclock_seconds"] - (cfg["gptq_reserve_seconds"] if cfg["gptq_calib_seqs"] > 0 else 0)
-    steps = q + int((left - q * step_s * qat_ratio) // step_s) if left >= q * step_s * qat_ratio else int(left // (step_s * qat_ratio))
-    return min(steps, cfg["iterations"]) if cfg["iterations"] > 0 else steps
+    lo, hi = 0, int(left / step_s) + 1  # steps never cost less than step_s
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if train_seconds(mid, step_s, qat_ratio, cfg, recur_ratio) <= left else (lo, mid - 1)
+    return min(lo, cfg["iterations"]) if cfg["iterations"] > 0 else lo
 
 
 def estimate(cfg, measured=None):
-    fwd, train = flops_per_token(cfg)
+    fwd0, train0 = flops_per_token(cfg)
+    fwd, train = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)  # the finished model
+    recur_ratio = train / train0
     base_mfu = anchor_mfu()
     val = cfg["val_tokens"]
     windows = math.ceil(val / cfg["eval_stride"])
@@ -132,13 +157,14 @@ def estimate(cfg, measured=None):
     ttt_steps = (cfg["ttt_enabled"] * cfg["ttt_epochs"] * math.ceil(val / cfg["ttt_chunk_tokens"])
                  * math.ceil(seqs / cfg["ttt_batch_seqs"]))
     out = {"matmul_params": matmul_params(cfg), "total_params": total_params(cfg),
-           "forward_flops_per_token": fwd, "train_flops_per_token": train,
+           "forward_flops_per_token": fwd, "train_flops_per_token": train0, "recur_ratio": recur_ratio,
            "anchor_mfu": base_mfu, "eval_windows": windows, "measured": measured is not None,
            "ttt_chunks": math.ceil(val / cfg["ttt_chunk_tokens"]), "ttt_steps": ttt_steps,
            "eval_flops": eval_flops, "scenarios": []}
     for label, f, attn, qat_ratio in SCENARIOS:
+        rr = recur_ratio
         mfu = base_mfu * f
-        step_s = attn * train * cfg["train_batch_tokens"] / (GPUS * PEAK_FLOPS * mfu)
+        step_s = attn * train0 * cfg["train_batch_tokens"] / (GPUS * PEAK_FLOPS * mfu)
         eval_mfu = mfu * EVAL_MFU_RATIO
         parts = {k: attn * v / (GPUS * PEAK_FLOPS * eval_mfu) for k, v in eval_flops.items()}
         export_s, ttt_overhead = EXPORT_S, ttt_steps * TTT_STEP_OVERHEAD_S
@@ -146,20 +172,21 @@ def estimate(cfg, measured=None):
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
             scale = m * MULTI_GPU_OVERHEAD / GPUS
             step_s = scale * measured["step_ms"] / 1e3 * cfg["train_batch_tokens"] / 786432
-            qat_ratio = measured["qat_step_ms"] / measured["step_ms"]
+            rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
+            qat_ratio = measured["qat_step_ms"] / (rec_ms or measured["step_ms"])
+            rr = rec_ms / measured["step_ms"] if rec_ms else rr
             parts = {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
                      "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
             if cfg["ttt_enabled"]:
                 parts["ttt_scoring_pass"] = parts["sliding_pass"]
                 parts["ttt_training"] = m * ttt_steps * measured["ttt_step_ms"] / 1e3 * MULTI_GPU_OVERHEAD / GPUS
             export_s = m * measured["export_s"]
-        steps = train_steps(step_s, qat_ratio, cfg)
-        q = min(steps, math.ceil(cfg["qat_threshold"] * cfg["warmdown_iters"]))
-        train_s = (steps - q) * step_s + q * step_s * qat_ratio
+        steps = train_steps(step_s, qat_ratio, cfg, rr)
+        train_s = train_seconds(steps, step_s, qat_ratio, cfg, rr)
         eval_s = sum(parts.values()) + export_s + ttt_overhead
         out["scenarios"].append({
             "label": label, "factor": f, "mfu": mfu, "eval_mfu": eval_mfu, "step_ms": step_s * 1e3,
-            "qat_ratio": qat_ratio, "steps": steps, "train_tokens": steps * cfg["train_batch_tokens"],
+            "qat_ratio": qat_ratio, "recur_ratio": rr, "steps": steps, "train_tokens": steps * cfg["train_batch_tokens"],
             "train_s": train_s, "eval_parts_s": parts, "export_s": export_s, "eval_s": eval_s,
             "train_fits": train_s <= LIMIT_S,
             "eval_fits": eval_s <= min(LIMIT_S, cfg["max_eval_seconds"]),
@@ -178,9 +205,13 @@ def _report(cfg, est, logged_params=None):
     print(f"total params (from shapes):         {est['total_params']:,}"
           + (f"   (log model_params: {logged_params:,})" if logged_params else ""))
     print(f"forward FLOPs/token (est.):         {est['forward_flops_per_token'] / 1e6:,.1f} M"
+          + (" (the recurrent model, as evaluated)" if est["recur_ratio"] > 1 else "") +
           "   (matmuls + causal attention only)")
     print(f"training FLOPs/token (est.):        {est['train_flops_per_token'] / 1e6:,.1f} M"
-          "   (3x forward)")
+          "   (3x forward of a plain step)")
+    if est["recur_ratio"] > 1:
+        print(f"recurrent steps (from recur_start_frac={cfg['recur_start_frac']} of the run): "
+              f"x{est['recur_ratio']:.3f} the FLOPs of a plain step (est.; eval runs the recurrent model)")
     print(f"anchor: PR #549 default shape at {ANCHOR_STEP_S * 1e3:.1f} ms/step, {ANCHOR_BATCH:,} "
           f"tokens/step, {GPUS}x{PEAK_FLOPS / 1e12:.0f} TFLOP/s -> implied MFU "
           f"{est['anchor_mfu'] * 100:.1f}% (est.)")

@@ -6,6 +6,7 @@ Recognised lines (anywhere in the file, other lines are ignored):
   step:S/N train_loss:X train_time:Tms step_avg:Tms
   step:S/N val_loss:X val_bpb:Y
   artifact bytes_total:N bytes_code:C bytes_model:M cap:16000000
+  final_prequant_ema_exact val_loss:X val_bpb:Y
   final_int5_zstd_roundtrip_exact val_loss:X val_bpb:Y
   final_sliding_exact val_loss:X val_bpb:Y
   ttt_chunk [i/n] bpb=X time=Ts
@@ -22,6 +23,7 @@ _RE_TTT = re.compile(rf"^ttt_chunk \[(\d+)/(\d+)\] bpb={_NUM}")
 _RE_PARAMS = re.compile(r"^model_params:(\d+)")
 _RE_KV_INT = re.compile(r"(\w+):(\d+)")
 _FINALS = {
+    "prequant": "final_prequant_ema_exact",
     "roundtrip": "final_int5_zstd_roundtrip_exact",
     "sliding": "final_sliding_exact",
     "ttt_final": "legal_ttt_exact",
@@ -31,7 +33,7 @@ _RE_FINAL = {k: re.compile(rf"^{tag} val_loss:{_NUM} val_bpb:{_NUM}") for k, tag
 
 def parse_log(path):
     out = {"hparams": {}, "model_params": None, "train": [], "val": [], "ttt": [],
-           "artifact": {}, "roundtrip": None, "sliding": None, "ttt_final": None}
+           "artifact": {}, "prequant": None, "roundtrip": None, "sliding": None, "ttt_final": None}
     with open(path, encoding="utf-8", errors="replace") as f:
         for raw in f:
             line = raw.strip()
@@ -59,10 +61,11 @@ def parse_log(path):
     return out
 
 
-def final_result(parsed):
+def final_result(parsed, metric="final"):
     """Best available final score: (label, val_loss, val_bpb) or None.
-    Preference: legal TTT, then sliding window, then the int5 round-trip pass."""
-    for key in ("ttt_final", "sliding", "roundtrip"):
+    Preference: legal TTT, then sliding window, then the int5 round-trip pass; or only
+    `metric` (one of _FINALS' keys) when it is not "final"."""
+    for key in ("ttt_final", "sliding", "roundtrip") if metric == "final" else (metric,):
         if parsed.get(key) is not None:
             return (_FINALS[key],) + tuple(parsed[key])
     return None

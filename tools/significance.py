@@ -3,11 +3,14 @@
 Usage:
   python tools/significance.py NEW_LOG [NEW_LOG ...]
          [--baseline-logs LOG ...  |  --baseline-mean X --baseline-std S --baseline-n K]
-         [--margin 0.005] [--alpha 0.01]
+         [--margin 0.005] [--alpha 0.01] [--metric final|ttt_final|sliding|roundtrip|prequant]
 
 Rule (in nats of val_loss): one-sided Welch t-test of H0: mean_base - mean_new <= margin,
   t = (mean_base - mean_new - margin) / sqrt(s_new^2/n_new + s_base^2/n_base),
   Welch-Satterthwaite dof; PASS if the one-sided p < alpha.
+With baseline logs of the same seeds it also prints a paired one-sided t-test of the per-seed
+improvements (same H0 and margin; not the challenge's rule, but less noisy for A/Bs on one
+machine). --metric picks the score (default: the final one).
 The Student-t tail comes from scipy.stats (pip install -r tools/requirements.txt).
 """
 import argparse
@@ -48,14 +51,14 @@ def welch_one_sided(new, base, margin=0.005):
                             statistics.mean(base), statistics.stdev(base), len(base), margin)
 
 
-def summarize(paths, title):
-    """Print one row per log; return (losses, bpbs)."""
+def summarize(paths, title, metric="final", seeds=None):
+    """Print one row per log; return (losses, bpbs); `seeds` collects {seed: val_loss}."""
     print(f"{title}:")
     print(f"  {'log':<40} {'seed':>6} {'val_loss':>10} {'val_bpb':>10}  source")
     losses, bpbs = [], []
     for path in paths:
         parsed = parse_log(path)
-        res = final_result(parsed)
+        res = final_result(parsed, metric)
         seed = parsed["hparams"].get("seed", "?")
         if res is None:
             print(f"  {os.path.basename(path):<40} {seed!s:>6} {'-':>10} {'-':>10}  no final line, skipped")
@@ -63,6 +66,10 @@ def summarize(paths, title):
         label, loss, bpb = res
         losses.append(loss)
         bpbs.append(bpb)
+        if seeds is not None:
+            if seed in seeds:
+                print(f"  warning: seed {seed} appears twice; the paired test uses the last")
+            seeds[seed] = loss
         print(f"  {os.path.basename(path):<40} {seed!s:>6} {loss:>10.5f} {bpb:>10.5f}  {label}")
     if losses:
         sd = lambda xs: f"{statistics.stdev(xs):.5f}" if len(xs) > 1 else "n/a"
@@ -80,14 +87,17 @@ def main(argv=None):
     ap.add_argument("--baseline-n", type=int, help="number of baseline runs")
     ap.add_argument("--margin", type=float, default=0.005, help="required improvement in nats")
     ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--metric", default="final", choices=["final", "ttt_final", "sliding", "roundtrip", "prequant"],
+                    help="which score to compare (final: legal TTT, else sliding, else round trip)")
     args = ap.parse_args(argv)
 
-    new, _ = summarize(args.logs, "new entry")
+    new_seeds, base_seeds = {}, {}
+    new, _ = summarize(args.logs, "new entry", args.metric, new_seeds)
     if not new:
         print("error: no log has a final val_loss line")
         return 2
     if args.baseline_logs:
-        base, _ = summarize(args.baseline_logs, "baseline")
+        base, _ = summarize(args.baseline_logs, "baseline", args.metric, base_seeds)
         if len(base) < 2:
             print("error: the baseline needs at least 2 runs with a final line")
             return 2
@@ -108,6 +118,15 @@ def main(argv=None):
     print(f"Welch one-sided test, H0: mean_base - mean_new <= {args.margin} nats")
     print(f"  improvement {mb - statistics.mean(new):+.5f} nats  t={t:.4f}  dof={dof:.2f}  p={p:.3g}")
     print(f"  {'PASS' if p < args.alpha else 'FAIL'} (p {'<' if p < args.alpha else '>='} {args.alpha})")
+    paired = sorted(set(new_seeds) & set(base_seeds), key=str)
+    if len(paired) >= 2:  # same seeds on both sides: the per-seed differences carry less noise
+        d = [base_seeds[k] - new_seeds[k] for k in paired]
+        sd = statistics.stdev(d)
+        m = statistics.mean(d) - args.margin
+        tp = m / (sd / math.sqrt(len(d))) if sd > 0 else math.copysign(math.inf, m) if m else 0.0
+        print(f"paired by seed {paired}: improvements (nats) " + " ".join(f"{x:+.5f}" for x in d))
+        print(f"  mean {statistics.mean(d):+.5f}  paired one-sided t={tp:.4f} dof={len(d) - 1}  "
+              f"p={t_sf(tp, len(d) - 1):.3g} (H0: improvement <= {args.margin})")
     return 0
 
 
