@@ -20,10 +20,7 @@ def main() -> None:
     val_tokens, val_bytes = tg.load_data(h, rt)
     model = tg.GPT(h)
     trainer = tg.Trainer(h, rt, model)
-    ema, steps, ms = trainer.train(trainer.prime(), lambda: (0.0, 0.0))
-    with torch.no_grad():
-        for p, e in zip(trainer.params, ema):
-            p.copy_(e)
+    steps, ms = trainer.train(trainer.prime(), lambda: (0.0, 0.0))  # ends with the EMA weights
     hs, _ = trainer.calibrate()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}

@@ -145,6 +145,17 @@ def test_zstd_picks_the_smallest_frame_and_any_level_decodes(tg):
         assert all(torch.equal(a, b) for a, b in zip(tg.unpack_artifact(other).values(), tg.unpack_artifact(blob).values()))
 
 
+@pytest.mark.parametrize("switched", [False, True])
+def test_the_artifact_says_whether_the_recurrence_ran(tg, tmp_path, switched):
+    from test_model import SMALL
+    model = small_model(tg, recur_layers="1,2")
+    model.recur_on.fill_(float(switched))  # a run that stopped before (or after) the switch
+    names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
+    tg.write_atomic(tmp_path / "a.ptz", tg.pack_artifact(tg.quantize_state(model.state_dict(), names))[0])
+    back = tg.load_artifact_model(tmp_path / "a.ptz", tg.Hyperparameters(**SMALL, recur_layers="1,2"), torch.device("cpu"))
+    assert back.recur is switched and "recur_on" not in small_model(tg).state_dict()
+
+
 @pytest.mark.parametrize("env", [{}, {"RECUR_LAYERS": "1,2", "PARALLEL_FROM": "2"}])
 def test_artifact_reloads_in_a_fresh_process_with_the_same_bpb(tmp_path, tiny_data, env):
     r = run_script(tmp_path, tiny_data, TTT_ENABLED=0, **env)

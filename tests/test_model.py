@@ -106,11 +106,11 @@ def test_parallel_layers_feed_attention_and_mlp_the_same_input(tg):
     assert not any(b.parallel for b in small_model(tg).blocks)
 
 
-def test_default_model_has_about_27m_parameters(tg):
+def test_default_model_is_the_spec_shape_with_16384_bigram_buckets(tg):
     with torch.device("meta"):
         model = tg.GPT(tg.Hyperparameters())
     n = sum(p.numel() for p in model.parameters())
-    assert 26_500_000 < n < 28_000_000
+    assert n == 27_255_900 + (16384 - 4096) * 128  # SPEC §4 (4096 buckets) + the bytes spent on buckets
 
 
 def test_model_compiles_without_graph_breaks(tg):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -211,3 +212,11 @@ def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
     nom = est.estimate(cfg, m)["scenarios"][1]
     assert nom["recur_ratio"] == pytest.approx(900 / 800) and nom["qat_ratio"] == pytest.approx(1080 / 900)
     assert nom["train_s"] <= 588 and est.estimate(cfg)["scenarios"][1]["recur_ratio"] > 1.15  # FLOPs without a measurement
+
+
+def test_estimator_defaults_and_parameter_count_match_the_script(tg):
+    h = tg.Hyperparameters()
+    shared = [k for k in est.DEFAULTS if hasattr(h, k) and k != "iterations"]  # estimator: wall clock only
+    assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
+    with torch.device("meta"):
+        assert est.total_params(est.load_config(env={})) == sum(p.numel() for p in tg.GPT(h).parameters())

@@ -123,3 +123,12 @@ def test_stop_prediction_prices_the_recurrent_steps_and_fits_the_wall_clock(tg):
     sw = math.ceil(0.5 * stop)  # the loop switches at step >= frac * stop
     cost = lambda n: sw * 1000 + (n - sw) * 1500  # noqa: E731
     assert cost(stop) <= 1_000_000 < cost(stop + 2) and 780 < stop < 820
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.95])
+def test_stop_prediction_prices_qat_steps_before_and_after_a_late_switch(tg, frac):
+    # plain 1 s, QAT (the last 100 steps) 2 s, recurrent steps 1.5x: a switch at 0.95 comes after QAT starts
+    stop = tg.predict_stop(0, 0, 1000, 2000, 1_000_000, 100, 10**6, frac, 1.5)
+    cost = lambda n: sum((2000 if i >= n - 100 else 1000) * (1.5 if i >= math.ceil(frac * n) else 1)  # noqa: E731
+                         for i in range(n))
+    assert cost(stop) <= 1_000_000 < cost(stop + 2)

@@ -24,7 +24,7 @@ from logparse import parse_log  # noqa: E402
 
 DEFAULTS = dict(
     num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_hidden=1536,
-    vocab_size=1024, bigram_buckets=4096, bigram_dim=128, ve_dim=128, ve_layers=2,
+    vocab_size=1024, bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
@@ -85,7 +85,7 @@ def matmul_params(cfg):
     d, L, kv = cfg["model_dim"], cfg["num_layers"], _kv_dim(cfg)
     per_layer = 2 * d * d + 2 * d * kv + 2 * d * cfg["mlp_hidden"]   # q, out, k, v, up, down
     bigram_proj = cfg["bigram_dim"] * d
-    ve_proj = min(cfg["ve_layers"], L) * cfg["ve_dim"] * kv
+    ve_proj = (cfg["ve_layers"] > 0) * cfg["ve_dim"] * kv            # one projection, shared
     lm_head = cfg["vocab_size"] * d                                  # tied embedding
     return L * per_layer + bigram_proj + ve_proj + lm_head
 
@@ -174,7 +174,7 @@ def estimate(cfg, measured=None):
             step_s = scale * measured["step_ms"] / 1e3 * cfg["train_batch_tokens"] / 786432
             rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
             qat_ratio = measured["qat_step_ms"] / (rec_ms or measured["step_ms"])
-            rr = rec_ms / measured["step_ms"] if rec_ms else rr
+            rr = max(1.0, rec_ms / measured["step_ms"]) if rec_ms else rr
             parts = {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
                      "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
             if cfg["ttt_enabled"]:
