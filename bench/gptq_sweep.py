@@ -71,7 +71,7 @@ def main() -> None:
     cache = Path(h.out_dir) / "ema_hessians.pt"
     if cache.exists():
         state, hs = torch.load(cache)
-        model.recur = bool(model.recur_layers) and bool(state["recur_on"].item())  # as training ended
+        model.recur = bool(model.recur_layers and state.get("recur_on", torch.ones(1)).item())  # as trained
     else:
         trainer = tg.Trainer(h, rt, model)
         trainer.train(trainer.prime(), lambda: (0.0, 0.0))  # ends with the EMA weights

@@ -219,4 +219,6 @@ def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     shared = [k for k in est.DEFAULTS if hasattr(h, k) and k != "iterations"]  # estimator: wall clock only
     assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
     with torch.device("meta"):
-        assert est.total_params(est.load_config(env={})) == sum(p.numel() for p in tg.GPT(h).parameters())
+        for env in ({}, {"VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096"}):
+            n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
+            assert est.total_params(est.load_config(env=env)) == n, env

@@ -1,7 +1,7 @@
 """ESTIMATE (from FLOPs, not a measurement) of the 8xH100 time budget for a configuration.
 
 Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json]
-Configuration: SPEC defaults, overridden by the training script's environment variables
+Configuration: the training script's defaults (SPEC's, but 16384 bigram buckets), overridden by the training script's environment variables
 (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the `hparams` JSON of --log.
 
 Model: forward FLOPs/token = 2 * matmul params + per layer 2*2*seq*d*0.5 (causal attention);
@@ -62,7 +62,7 @@ def _coerce(key, value):
 
 
 def load_config(env=None, hparams=None):
-    """SPEC defaults < environment variables < hparams dict (e.g. from a log)."""
+    """The script's defaults < environment variables < hparams dict (e.g. from a log)."""
     env = os.environ if env is None else env
     cfg = dict(DEFAULTS)
     for key in DEFAULTS:
@@ -96,7 +96,8 @@ def total_params(cfg):
     tables = cfg["bigram_buckets"] * cfg["bigram_dim"] + cfg["vocab_size"] * cfg["ve_dim"]
     vectors = L * (4 * d + cfg["num_heads"]) + (L // 2) * d + d       # mixes/gains, skips, smear
     scalars = 2 + min(cfg["ve_layers"], L)
-    return matmul_params(cfg) + tables + vectors + scalars
+    unused_ve_proj = (cfg["ve_layers"] == 0) * cfg["ve_dim"] * _kv_dim(cfg)  # built, never run
+    return matmul_params(cfg) + tables + vectors + scalars + unused_ve_proj
 
 
 def recur_count(cfg):
