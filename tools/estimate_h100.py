@@ -1,8 +1,9 @@
 """ESTIMATE (from FLOPs, not a measurement) of the 8xH100 time budget for a configuration.
 
 Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json]
-Configuration: the training script's defaults (SPEC's, but 16384 bigram buckets), overridden by the training script's environment variables
-(NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the `hparams` JSON of --log.
+Configuration: the training script's defaults (SPEC's, but 16384 bigram buckets), overridden
+by its environment variables (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the
+`hparams` JSON of --log.
 
 Model: forward FLOPs/token = 2 * matmul params + per layer 2*2*seq*d*0.5 (causal attention);
 training FLOPs/token = 3 * forward. The MFU is calibrated on one published anchor
