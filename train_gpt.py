@@ -486,9 +486,10 @@ class GPT(nn.Module):
         self.bigram = BigramHash(h.bigram_buckets, h.bigram_dim, d)
         self.smear_gate = nn.Parameter(torch.zeros(d))
         kv_dim = h.num_kv_heads * (d // h.num_heads)
-        self.ve_table = QEmbedding(h.vocab_size, h.ve_dim, 0.01)
-        self.ve_proj = CastedLinear(h.ve_dim, kv_dim)
-        self.ve_scale = nn.Parameter(torch.tensor(0.1))
+        if h.ve_layers > 0:  # value embeddings: one table and projection shared by the last layers
+            self.ve_table = QEmbedding(h.vocab_size, h.ve_dim, 0.01)
+            self.ve_proj = CastedLinear(h.ve_dim, kv_dim)
+            self.ve_scale = nn.Parameter(torch.tensor(0.1))
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
         self.n_enc = h.num_layers // 2
         self.skip_weights = nn.Parameter(torch.ones(len(unet_skip_plan(h.num_layers)), d))
@@ -1258,7 +1259,7 @@ class Trainer:
                 log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
                 t0 = time.perf_counter()
         set_qat(self.model, None)
-        if model.recur != recur_at_end(h):
+        if model.recur != switch:
             log(f"WARNING: training stopped at step {step} before the recurrence switched on; it stays off (lower RECUR_START_FRAC)")
         if model.recur_layers:
             model.recur_on.fill_(float(model.recur))

@@ -94,11 +94,11 @@ def matmul_params(cfg):
 def total_params(cfg):
     """Matmul params + lookup tables + the per-channel vectors and scalars (from shapes)."""
     d, L = cfg["model_dim"], cfg["num_layers"]
-    tables = cfg["bigram_buckets"] * cfg["bigram_dim"] + cfg["vocab_size"] * cfg["ve_dim"]
+    ve = cfg["ve_layers"] > 0
+    tables = cfg["bigram_buckets"] * cfg["bigram_dim"] + ve * cfg["vocab_size"] * cfg["ve_dim"]
     vectors = L * (4 * d + cfg["num_heads"]) + (L // 2) * d + d       # mixes/gains, skips, smear
-    scalars = 2 + min(cfg["ve_layers"], L)
-    unused_ve_proj = (cfg["ve_layers"] == 0) * cfg["ve_dim"] * _kv_dim(cfg)  # built, never run
-    return matmul_params(cfg) + tables + vectors + scalars + unused_ve_proj
+    scalars = 1 + ve + min(cfg["ve_layers"], L)                       # bigram and VE scales, VE gains
+    return matmul_params(cfg) + tables + vectors + scalars
 
 
 def recur_count(cfg):
