@@ -4,7 +4,7 @@ Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or python3 train_g
 Hard rule: this file stays under 1,500 lines; every byte counts against the cap."""
 from __future__ import annotations
 
-import glob, json, math, os, struct, sys, time, uuid
+import glob, importlib, json, math, os, re, shutil, struct, sys, time, traceback, uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,10 +19,16 @@ BYTE_CAP = 16_000_000  # decimal bytes: code + compressed model
 
 class RunError(Exception):
     """A bad input or a broken invariant: reported as one line, never a traceback."""
+    shared = False  # True: every rank raises it alike, so rank 0 alone reports it
+
+
+class SharedError(RunError):
+    shared = True
 
 
 # ----------------------------------------------------------------------------- hyperparameters
-# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...).
+# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...);
+# related knobs share a line.
 
 @dataclass
 class Hyperparameters:
@@ -35,36 +41,27 @@ class Hyperparameters:
     iterations: int = 20000
     warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph when compiling
     warmdown_iters: int = 3500
-    max_wallclock_seconds: float = 600.0
-    max_eval_seconds: float = 600.0
+    max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
     train_batch_tokens: int = 786_432
     train_seq_len: int = 2048
     grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
-    val_loss_every: int = 0
-    train_log_every: int = 100
+    val_loss_every: int = 0; train_log_every: int = 100
     num_layers: int = 11
     model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
+    num_heads: int = 8; num_kv_heads: int = 4
     mlp_hidden: int = 1536
-    bigram_buckets: int = 16384  # SPEC: 4096 (README: spending the bytes)
-    bigram_dim: int = 128
-    ve_dim: int = 128
-    ve_layers: int = 2
+    bigram_buckets: int = 16384; bigram_dim: int = 128  # SPEC: 4096 buckets (README: spending the bytes)
+    ve_dim: int = 128; ve_layers: int = 2
     xsa_last_n: int = -1  # -1: every layer
     parallel_from: int = -1  # layers >= this run attention and MLP on one normed input (-1: none)
     recur_layers: str = ""  # e.g. "4,5": these consecutive layers run twice (shared weights)...
     recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) training steps on
-    rope_dims: int = 16
-    rope_base: float = 10000.0
+    rope_dims: int = 16; rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
-    matrix_lr: float = 0.025
-    embed_lr: float = 0.035
-    scalar_lr: float = 0.025
+    matrix_lr: float = 0.025; embed_lr: float = 0.035; scalar_lr: float = 0.025
     muon_momentum: float = 0.97
-    muon_momentum_warmup_start: float = 0.92
-    muon_momentum_warmup_steps: int = 1500
+    muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5
     weight_decay: float = 0.09
     grad_clip_norm: float = 0.3
@@ -73,20 +70,18 @@ class Hyperparameters:
     prune_pct: float = 0.0  # magnitude-pruning floor; more only as far as BYTE_CAP needs
     byte_cap: int = BYTE_CAP
     gptq_calib_seqs: int = 64  # training sequences for the GPTQ Hessians (0: round to nearest)
-    gptq_reserve_seconds: float = 12.0  # of MAX_WALLCLOCK_SECONDS, kept for calibration
-    eval_stride: int = 64
-    eval_batch_seqs: int = 32
+    gptq_reserve_seconds: float = 2.0  # of MAX_WALLCLOCK_SECONDS kept for calibration (est. 0.6 s; at least 2x its primed time)
+    zstd_levels: str = "16"  # the smallest frame of these wins ("16,19,22": bench; 16 won every measurement)
+    eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this
+    eval_stride: int = 64; eval_batch_seqs: int = 32
     ttt_enabled: int = 1
-    ttt_lr: float = 4e-4
-    ttt_epochs: int = 3
-    ttt_chunk_tokens: int = 32768
-    ttt_batch_seqs: int = 8
+    ttt_lr: float = 4e-4; ttt_epochs: int = 3
+    ttt_chunk_tokens: int = 32768; ttt_batch_seqs: int = 8
     ttt_grad_clip: float = 1.0
     ttt_log_every: int = 1
     compile: int = -1  # -1: on CUDA only
     flash_attn: int = 1  # FlashAttention-3 on CUDA when importable (0: always SDPA)
-    name: str = ""
-    github_id: str = ""
+    name: str = ""; author: str = ""; github_id: str = ""  # submission.json
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Hyperparameters":
@@ -102,8 +97,8 @@ class Hyperparameters:
 
 
 # ----------------------------------------------------------------------------- data & metric
-# Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Every rank reads the
-# same stream and takes its slice of each global batch, so the batch is world-size free.
+# Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Training reads windows at
+# random positions of all shards (diverse batches: PR #726 -> #1060 of the challenge's lineage).
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
 DATA_HINT = "(get FineWeb sp1024 with: python3 data/cached_challenge_fineweb.py --variant sp1024, from openai/parameter-golf)"
@@ -135,34 +130,39 @@ def load_shard(path: str) -> np.ndarray:
     return np.fromfile(path, dtype="<u2", count=n, offset=1024)
 
 
-class TokenStream:
-    """Sequential tokens over the sorted shards, wrapping at the end."""
+class TrainLoader:
+    """Windows of seq_len + 1 tokens at fixed positions of every (memory-mapped) train shard, in a
+    seeded random order over all of them: each once before any repeats, a new order each epoch."""
 
-    def __init__(self, pattern: str):
-        self.files = shard_files(pattern)
-        for f in self.files:
-            if check_shard(f) == 0:
-                raise RunError(f"empty shard {f}")
-        self.file_idx, self.pos = 0, 0
-        self.tokens = load_shard(self.files[0])
+    def __init__(self, pattern: str, seq_len: int, seed: int):
+        sizes = {f: check_shard(f) for f in shard_files(pattern)}
+        self.shards = [np.memmap(f, "<u2", "r", 1024, (n,)) if n else np.zeros(0, "<u2") for f, n in sizes.items()]
+        counts = [max(0, (n - 1) // seq_len) for n in sizes.values()]
+        if sum(counts) == 0:
+            raise RunError(f"train shards {pattern} hold no window of TRAIN_SEQ_LEN={seq_len}+1 tokens")
+        self.shard = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        self.start = np.concatenate([np.arange(c, dtype=np.int64) * seq_len for c in counts])
+        self.seq_len, self.seed, self.pos, self.epoch, self.order = seq_len, seed, 0, -1, None
 
-    def take(self, n: int) -> np.ndarray:
-        parts = []
+    def ids(self, n: int) -> np.ndarray:
+        """The next n window indices of the stream."""
+        out, N = [], len(self.start)
         while n > 0:
-            if self.pos == len(self.tokens):
-                self.file_idx = (self.file_idx + 1) % len(self.files)
-                self.tokens, self.pos = load_shard(self.files[self.file_idx]), 0
-            k = min(n, len(self.tokens) - self.pos)
-            parts.append(self.tokens[self.pos:self.pos + k])
+            e, i = divmod(self.pos, N)
+            if e != self.epoch:
+                self.epoch, self.order = e, np.random.default_rng([self.seed, e]).permutation(N)
+            k = min(n, N - i)
+            out.append(self.order[i:i + k])
             self.pos, n = self.pos + k, n - k
-        return np.concatenate(parts)
+        return np.concatenate(out)
 
-
-def rank_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int):
-    """This rank's (inputs, targets) of the next global batch, shaped (seqs, seq_len)."""
-    local = global_tokens // world
-    mine = torch.from_numpy(stream.take(global_tokens + 1)[rank * local:(rank + 1) * local + 1].astype(np.int64))
-    return mine[:-1].view(-1, seq_len), mine[1:].view(-1, seq_len)
+    def batch(self, seqs: int, rank: int, world: int):
+        """This rank's (inputs, targets): its contiguous share of the next `seqs` windows, so the
+        global batch is the same for any world size."""
+        ids = self.ids(seqs)[rank * seqs // world:(rank + 1) * seqs // world]
+        w = torch.from_numpy(np.stack([self.shards[self.shard[j]][self.start[j]:self.start[j] + self.seq_len + 1]
+                                       for j in ids]).astype(np.int64))
+        return w[:, :-1], w[:, 1:]
 
 
 def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
@@ -242,6 +242,8 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
     perm = torch.argsort(torch.diag(H), descending=True)
     W, H = W[:, perm], H[perm][:, perm]
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    if not torch.isfinite(U).all():
+        raise ValueError("non-finite inverse-Hessian factor")
     s, Q = scale.float()[:, None], torch.zeros_like(W)
     for a in range(0, W.size(1), block):
         b = min(a + block, W.size(1))
@@ -277,10 +279,6 @@ def prune_thresholds(ws: list[torch.Tensor], frac: float) -> torch.Tensor:
 def prune_below(w: torch.Tensor, thresh) -> torch.Tensor:
     """The exporter's magnitude pruning: zeroes every |w| <= thresh."""
     return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
-
-
-def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
-    return prune_below(w, prune_thresholds([w], frac)[0])
 
 
 def fake_quant(w: torch.Tensor, thresh) -> torch.Tensor:
@@ -669,11 +667,13 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
 
 
-ZSTD_LEVELS = (16, 19, 22)
+ZSTD_LEVELS = (16,)  # level 16 won every measurement; bench: ZSTD_LEVELS=16,19,22
 
 
-def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: dict | None = None) -> dict:
-    """name -> ('int5', q, scale) or ('raw', fp32 tensor)."""
+def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: dict | None = None,
+                   log=print) -> dict:
+    """name -> ('int5', q, scale) or ('raw', fp32 tensor). A matrix whose Hessian is not finite
+    or cannot be factored is rounded to nearest at its clip instead (and the log says so)."""
     out = {}
     for name, t in state.items():
         t = t.detach().float().cpu()
@@ -681,12 +681,17 @@ def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: d
         if name not in int5_names:
             out[name] = ("raw", t)
             continue
-        t = prune_smallest(t, prune)
-        if H is None:
-            out[name] = ("int5", *quantize_int5(t))
-        else:
-            scale = quantize_int5(t, torch.diag(H.cpu()), GPTQ_CLIP_FRACS)[1]
-            out[name] = ("int5", gptq_int5(t, H.cpu(), scale), scale)
+        t = prune_below(t, prune_thresholds([t], prune)[0])
+        out[name] = ("int5", *quantize_int5(t))
+        if H is not None:
+            try:
+                if not torch.isfinite(H).all():
+                    raise ValueError("non-finite Hessian")
+                q, scale = quantize_int5(t, torch.diag(H.cpu()), GPTQ_CLIP_FRACS)
+                out[name] = ("int5", q, scale)  # round to nearest at its clip, should GPTQ fail
+                out[name] = ("int5", gptq_int5(t, H.cpu(), scale), scale)
+            except (ValueError, RuntimeError) as e:  # torch.linalg.LinAlgError is a RuntimeError
+                log(f"gptq fallback: {name} rounded to nearest ({type(e).__name__}: {(str(e) or '?').splitlines()[0][:120]})")
     return out
 
 
@@ -786,6 +791,7 @@ def prune_candidates(qstate: dict, hessians: dict | None):
         q, scale = qstate[name][1], qstate[name][2]
         H = (hessians or {}).get(name)
         hd = torch.ones(q.size(1)) if H is None else torch.diag(H).float().cpu()
+        hd = hd if torch.isfinite(hd).all() else torch.ones_like(hd)  # a matrix GPTQ fell back on
         idx = (q.abs() == 1).flatten().nonzero().squeeze(1)
         cost.append((scale.float()[:, None] ** 2 * hd).flatten()[idx])
         owner.append(torch.full_like(idx, k))
@@ -807,11 +813,12 @@ def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
 
 
 def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float = 0.0,
-                      hessians: dict | None = None, cap: int = BYTE_CAP, log=print) -> tuple[bytes, dict]:
+                      hessians: dict | None = None, cap: int = BYTE_CAP, log=print,
+                      levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
     """Quantizes and packs; over the cap, zeroes the cheapest +-1 symbols, just enough. Their
     count comes from the symbols' order-0 entropy, scaled to bytes by the last real pack."""
-    qstate = quantize_state(state, int5_names, prune, hessians)
-    blob, sizes = pack_artifact(qstate)
+    qstate = quantize_state(state, int5_names, prune, hessians, log)
+    blob, sizes = pack_artifact(qstate, levels)
     level = min(sizes, key=sizes.get)
     info = dict(level=level, sizes=sizes, pruned=0, pruned_frac=0.0, packs=1)
     budget = cap - code_bytes
@@ -847,12 +854,18 @@ def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: floa
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Writes via a temporary file renamed into place: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        raise RunError(f"cannot write {path}: {e}")
 
 
 def load_artifact_into(model: GPT, path: Path) -> GPT:
@@ -970,6 +983,14 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reduce_max(rt, *values: float) -> list[float]:
+    """The largest of each value over the ranks: inputs every rank decides on alike."""
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    if rt.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int,
              world: int, device, nbytes: torch.Tensor, clock, log=print,
              budget: float | None = None) -> torch.Tensor:
@@ -999,7 +1020,9 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
         sync(device)
         t1 = clock()
         score_t += t1 - t0
-        stats = torch.cat([torch.tensor([t1, score_t / (c + 1), adapt_t / max(adapts, 1)],
+        score_avg = score_t / (c + 1)  # before the first adaptation is timed: priced from scoring (fwd+bwd = 3 fwd)
+        adapt_avg = adapt_t / adapts if adapts else 3 * h.ttt_epochs * h.eval_stride / L * score_avg
+        stats = torch.cat([torch.tensor([t1, score_avg, adapt_avg],
                                         dtype=torch.float64, device=device), sums])
         if world > 1:
             dist.all_reduce(stats, op=dist.ReduceOp.MAX)
@@ -1033,10 +1056,8 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
 # 600 s clock) -> EMA eval, export, reload, standard/sliding/TTT eval (the eval clock) -> record.
 
 class Logger:
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None):  # its folder exists (preflight)
         self.path = path
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, msg: str) -> None:
         if self.path:
@@ -1065,6 +1086,77 @@ class Runtime:
     log: Logger
 
 
+def shared_outcome(rt: Runtime, fn, rank0_only: bool = False):
+    """fn() on every rank (or rank 0 only; its value is shared); an exception of any type on any
+    rank becomes the same SharedError on every rank: no rank is left waiting in a collective."""
+    out, err = None, None
+    if rt.rank == 0 or not rank0_only:
+        try:
+            out = fn()
+        except Exception as e:
+            err = one_line(e)
+    if rt.world > 1:
+        got = [None] * rt.world
+        dist.all_gather_object(got, (err, out if rank0_only and rt.rank == 0 else None))
+        err = next((e for e, _ in got if e), None)
+        out = got[0][1] if rank0_only else out
+    if err:
+        raise SharedError(err)
+    return out
+
+
+def one_line(e: Exception) -> str:
+    """The error line of an exception; an unexpected one also prints its traceback."""
+    if isinstance(e, RunError):
+        return str(e)
+    traceback.print_exc()
+    return f"{type(e).__name__}: {e}"
+
+
+def preflight(h: Hyperparameters, world: int, accum: int) -> None:
+    """What the run needs, checked on every rank before any work, so a problem costs seconds."""
+    for pkg in ("sentencepiece", "zstandard"):
+        try:
+            importlib.import_module(pkg)
+        except ImportError as e:
+            raise RunError(f"missing package {pkg} ({e}): pip install -r requirements.txt")
+    L, wall = h.train_seq_len, h.max_wallclock_seconds
+    for bad, msg in [
+        (h.train_batch_tokens % (world * accum * L), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={L}"),
+        (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
+        (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
+        (not h.ttt_chunk_tokens >= L >= h.eval_stride > 0, "need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
+        (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}")]:
+        if bad:
+            raise RunError(msg)
+    parse_levels(h.zstd_levels)
+    parse_recur(h.recur_layers, h.num_layers)
+    probe = Path(h.out_dir) / "logs" / f".probe_{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"OUT_DIR {h.out_dir} is not writable ({e})")
+    if shutil.disk_usage(h.out_dir).free < 3 * h.byte_cap:
+        raise RunError(f"OUT_DIR {h.out_dir} has {shutil.disk_usage(h.out_dir).free} bytes free, fewer than 3 x BYTE_CAP")
+
+
+def parse_levels(spec: str) -> tuple[int, ...]:
+    levels = tuple(map(int, spec.split(","))) if re.fullmatch(r"\d+(,\d+)*", spec) else ()
+    if not levels or not all(1 <= lv <= 22 for lv in levels):
+        raise RunError(f"ZSTD_LEVELS={spec!r} must be zstd levels 1..22, comma-separated")
+    return levels
+
+
+def fullgraph_error(fn, *args) -> str | None:
+    """None if fn(*args) compiles as one graph and runs, else why not (one line)."""
+    try:
+        torch.compile(fn, fullgraph=True, dynamic=False)(*args)
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e) or '?').splitlines()[0][:200]}"
+
+
 def setup(h: Hyperparameters) -> Runtime:
     distributed = "RANK" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
@@ -1077,19 +1169,18 @@ def setup(h: Hyperparameters) -> Runtime:
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     h.run_id = h.run_id or uuid.uuid4().hex[:8]
-    log = Logger(Path(h.out_dir) / "logs" / f"{h.run_id}.txt" if rank == 0 else None)
     accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
-    if h.train_batch_tokens % (world * accum * h.train_seq_len):
-        raise RunError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={h.train_seq_len}")
-    if h.gptq_calib_seqs % world:
-        raise RunError(f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks")
-    if 0 < h.max_wallclock_seconds <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0:
-        raise RunError(f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds}")
-    if h.ttt_chunk_tokens < h.train_seq_len or h.eval_stride <= 0 or h.eval_stride > h.train_seq_len:
-        raise RunError("need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN")
-    rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), log)
+    rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), Logger(None))
+    shared_outcome(rt, lambda: preflight(h, world, accum))
+    rt.log = log = Logger(Path(h.out_dir) / "logs" / f"{h.run_id}.txt" if rank == 0 else None)
     log("hparams " + json.dumps(asdict(h)))
-    log(f"world_size:{world} grad_accum:{accum} device:{torch.cuda.get_device_name(device) if cuda else 'cpu'} "
+    if rt.compile and attention_kernel(device, bool(h.flash_attn)) == "flash_attn_3":
+        q = torch.zeros(1, 128, 2, 64, device=device, dtype=torch.bfloat16)
+        why = fullgraph_error(lambda t: causal_attention(t, t, t, 0.125), q)
+        if reduce_max(rt, float(why is not None))[0]:  # any rank: all fall back alike
+            h.flash_attn = 0
+            log(f"flash_attn_3 does not trace under torch.compile(fullgraph=True) ({why or 'on another rank'}); using SDPA")
+    log(f"world_size:{world} grad_accum:{rt.accum} device:{torch.cuda.get_device_name(device) if cuda else 'cpu'} "
         f"compile:{rt.compile} attention:{attention_kernel(device, bool(h.flash_attn))}")
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
@@ -1097,7 +1188,7 @@ def setup(h: Hyperparameters) -> Runtime:
 
 
 def load_data(h: Hyperparameters, rt: Runtime):
-    """Validation tokens and their target bytes, on the device; checks the train shards."""
+    """Validation tokens and their target bytes, on the device."""
     import sentencepiece as spm
     if not Path(h.tokenizer_path).is_file():
         raise RunError(f"tokenizer not found: {h.tokenizer_path} {DATA_HINT}")
@@ -1122,11 +1213,11 @@ class Trainer:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
             self.optimizers[0].ns = torch.compile(zeropower_ns5, dynamic=False)
         self.run_model = torch.compile(model, fullgraph=True, dynamic=False) if rt.compile else model
-        self.pattern = os.path.join(h.data_path, "fineweb_train_*.bin")
-        self.stream = TokenStream(self.pattern)
+        self.loader = TrainLoader(os.path.join(h.data_path, "fineweb_train_*.bin"), h.train_seq_len, h.seed)
+        self.primed_calib_ms = 0.0  # GPTQ calibration timed during priming (its first, slowest run)
 
     def batch(self):
-        return rank_batch(self.stream, self.h.train_batch_tokens, self.h.train_seq_len, self.rt.rank, self.rt.world)
+        return self.loader.batch(self.h.train_batch_tokens // self.h.train_seq_len, self.rt.rank, self.rt.world)
 
     def step(self, x, y, mult: float, step: int, qat: bool) -> torch.Tensor:
         h, rt = self.h, self.rt
@@ -1155,15 +1246,12 @@ class Trainer:
     def elapsed_ms(self, t0: float, before_ms: float = 0.0) -> float:
         """Training time so far: one clock for all ranks (the slowest); syncs the device."""
         sync(self.rt.device)
-        t = torch.tensor(before_ms + 1000 * (time.perf_counter() - t0), device=self.rt.device)
-        if self.rt.world > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
+        return reduce_max(self.rt, before_ms + 1000 * (time.perf_counter() - t0))[0]
 
     def prime(self) -> tuple[float, float]:
         """Runs every graph the run needs (training plain, with recurrence, with QAT; scoring;
         the TTT step) on training tokens, then undoes it all: weights, optimizer state, data
-        stream. Returns the measured QAT / plain and recurrent / plain step-time ratios."""
+        loader. Returns the measured QAT / plain and recurrent / plain step-time ratios."""
         h, rt, model = self.h, self.rt, self.model
         recs = [False, True] if model.recur_layers and 0 < h.recur_start_frac < 1 else [recur_at_end(h)]
         phases = [(r, q) for q in (False, True) for r in recs]  # (recurrent, QAT): every pair reachable
@@ -1191,17 +1279,20 @@ class Trainer:
                      torch.full((per,), 1.0 / h.train_seq_len, device=rt.device), params,
                      torch.optim.AdamW(params), h, 1)
             set_trainable(model, None)
+        if h.max_wallclock_seconds > 0:
+            self.primed_calib_ms = self.calibrate()[1]
         model.recur = False
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
             opt.load_state_dict(sd)
-        self.stream = TokenStream(self.pattern)
+        self.loader.pos = 0
         best = {ph: min(times[ph][1:] or [math.nan]) for ph in phases}
         r = recs[-1]  # the QAT ratio of the end state; the recurrence ratio of plain steps
         ratios = [max(1.0, x) if x == x else 1.0 for x in
                   (best[r, True] / best[r, False], best[True, False] / best[False, False] if len(recs) > 1 else 1.0)]
         rt.log(f"priming: {n} steps run and undone, {compiled_graphs()} graphs compiled, "
-               f"qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}")
+               f"qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}, "
+               f"gptq calibration {self.primed_calib_ms:.0f}ms")
         return ratios[0], ratios[1]
 
     def train(self, ratios: tuple[float, float], validate) -> tuple[int, float]:
@@ -1209,7 +1300,9 @@ class Trainer:
         h, rt, log, model = self.h, self.rt, self.rt.log, self.model
         qat_ratio, recur_ratio = ratios
         ema = [p.detach().float().clone() for p in self.params]
-        reserve = h.gptq_reserve_seconds if h.gptq_calib_seqs > 0 else 0.0
+        reserve = max(h.gptq_reserve_seconds, 2e-3 * self.primed_calib_ms) if h.gptq_calib_seqs > 0 else 0.0
+        if h.max_wallclock_seconds > 0:
+            log(f"training clock: {h.max_wallclock_seconds - reserve:.1f}s, {reserve:.1f}s kept for GPTQ calibration")
         wall_ms, qat_steps = 1000 * (h.max_wallclock_seconds - reserve), math.ceil(h.qat_threshold * h.warmdown_iters)
         stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
         recur_from, recur_at_ms, switch = None, 0.0, recur_at_end(h)
@@ -1269,12 +1362,12 @@ class Trainer:
         return step, ms
 
     def calibrate(self) -> tuple[dict | None, float]:
-        """GPTQ Hessians of the (EMA) model on the next training sequences; (hessians, ms)."""
+        """GPTQ Hessians of the (EMA) model on the next training windows; (hessians, ms)."""
         h, rt = self.h, self.rt
         if h.gptq_calib_seqs <= 0:
             return None, 0.0
         t0 = time.perf_counter()
-        x, _ = rank_batch(self.stream, h.gptq_calib_seqs * h.train_seq_len, h.train_seq_len, rt.rank, rt.world)
+        x, _ = self.loader.batch(h.gptq_calib_seqs, rt.rank, rt.world)
         hs = collect_hessians(self.model, x.to(rt.device), h.eval_batch_seqs, rt.world)
         return hs, self.elapsed_ms(t0)
 
@@ -1282,31 +1375,32 @@ class Trainer:
 def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int,
            hessians: dict | None) -> tuple[int, dict]:
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
-    status = [None]
-    if rt.rank == 0:
-        try:
-            int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
-            blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct,
-                                           hessians, h.byte_cap, rt.log)
-            write_atomic(artifact, blob)
-            status = [(len(blob), info)]
-        except RunError as e:
-            status = [str(e)]
-    if rt.world > 1:
-        dist.broadcast_object_list(status, src=0)
-    if isinstance(status[0], str):
-        raise RunError(status[0])
-    return status[0]
+    def write() -> tuple[int, dict]:
+        int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
+        blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct,
+                                       hessians, h.byte_cap, rt.log, parse_levels(h.zstd_levels))
+        write_atomic(artifact, blob)
+        return len(blob), info
+    return shared_outcome(rt, write, rank0_only=True)
+
+
+def scored(log, name: str, loss_bpb: tuple[float, float], extra: str = "") -> tuple[float, float]:
+    """Logs a final score; a non-finite one is an error (never a record)."""
+    loss, b = loss_bpb
+    if not (math.isfinite(loss) and math.isfinite(b)):
+        raise SharedError(f"{name} is not finite (val_loss {loss}, val_bpb {b}): no record written")
+    log(f"{name} val_loss:{loss:.8f} val_bpb:{b:.8f}{extra}")
+    return loss, b
 
 
 def main() -> None:
     h = Hyperparameters.from_env()
     rt = setup(h)
     log, device = rt.log, rt.device
-    val_tokens, val_bytes = load_data(h, rt)
+    val_tokens, val_bytes = shared_outcome(rt, lambda: load_data(h, rt))
     model = GPT(h).to(device)
     log(f"model_params:{sum(p.numel() for p in model.parameters())}")
-    trainer = Trainer(h, rt, model)
+    trainer = shared_outcome(rt, lambda: Trainer(h, rt, model))
     run_model = trainer.run_model
 
     def validate() -> tuple[float, float]:
@@ -1320,17 +1414,20 @@ def main() -> None:
     primed = compiled_graphs()
     steps, train_ms = trainer.train(ratios, validate)
     hessians, calib_ms = trainer.calibrate()
-    over = 0 < h.max_wallclock_seconds < (train_ms + calib_ms) / 1000
+    violations = []
+    if 0 < h.max_wallclock_seconds < (train_ms + calib_ms) / 1000:
+        violations.append(f"training + calibration took {(train_ms + calib_ms) / 1000:.1f}s > MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds:g}")
+        log("error: " + violations[-1])
     log(f"training done: {steps} steps, train_time:{train_ms:.0f}ms gptq_calibration:{calib_ms:.0f}ms "
-        f"({h.gptq_calib_seqs} training seqs) total:{train_ms + calib_ms:.0f}ms" + (" OVER THE WALL CLOCK" if over else ""))
+        f"({h.gptq_calib_seqs} training seqs) total:{train_ms + calib_ms:.0f}ms")
     if device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
 
     # ---- everything from here counts against the eval budget
     clock = make_clock()
-    pre_loss, pre_bpb = validate()
+    budget = h.max_eval_seconds - h.eval_margin_seconds  # what the TTT guard aims at
+    pre_loss, pre_bpb = scored(log, "final_prequant_ema_exact", validate())
     log(f"step:{steps}/{steps} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
-    log(f"final_prequant_ema_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f}")
     artifact = Path(h.out_dir) / "final_model.int5.ptz"
     code_bytes = len(Path(__file__).read_bytes())
     t_ex = clock()
@@ -1341,53 +1438,63 @@ def main() -> None:
     log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{h.byte_cap}")
     load_artifact_into(model, artifact)  # every rank evaluates the weights read back from disk
     t_rt = clock()
-    rt_loss, rt_bpb = validate()
-    log(f"final_int5_zstd_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f} time:{clock() - t_rt:.1f}s")
+    rt_loss, rt_bpb = scored(log, "final_int5_zstd_roundtrip_exact", validate(), f" time:{clock() - t_rt:.1f}s")
     t_sl = clock()
     nll = eval_sliding(run_model, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rt.rank, rt.world, device)
-    sl_loss, sl_bpb = bpb(nll, val_bytes)
-    log(f"final_sliding_exact val_loss:{sl_loss:.8f} val_bpb:{sl_bpb:.8f} time:{clock() - t_sl:.1f}s eval_time:{clock():.1f}s")
+    sl_s = clock() - t_sl
+    sl_loss, sl_bpb = scored(log, "final_sliding_exact", bpb(nll, val_bytes), f" time:{sl_s:.1f}s eval_time:{clock():.1f}s")
     final_loss, final_bpb, ttt_bpb = sl_loss, sl_bpb, None
-    if h.ttt_enabled:
-        nll = eval_ttt(model, run_model, val_tokens, h, rt.rank, rt.world, device, val_bytes, clock, log)
-        final_loss, final_bpb = bpb(nll, val_bytes)
+    now, sl_s = reduce_max(rt, clock(), sl_s)  # every rank decides alike
+    ttt_on = bool(h.ttt_enabled) and now + 1.1 * sl_s <= budget
+    if h.ttt_enabled and not ttt_on:
+        log(f"ttt skipped: {now:.1f}s + scoring (~{sl_s:.1f}s) would pass the {budget:g}s eval budget; the score is the sliding one")
+    if ttt_on:
+        nll = eval_ttt(model, run_model, val_tokens, h, rt.rank, rt.world, device, val_bytes, clock, log, budget)
+        final_loss, final_bpb = scored(log, "legal_ttt_exact", bpb(nll, val_bytes))
         ttt_bpb = final_bpb
-        log(f"legal_ttt_exact val_loss:{final_loss:.8f} val_bpb:{final_bpb:.8f} ttt_gain:{sl_bpb - final_bpb:.6f}")
+        log(f"ttt_gain:{sl_bpb - final_bpb:.6f}")
     eval_s = clock()
     log(f"eval_time:{eval_s:.1f}s train_time:{train_ms / 1000:.1f}s")
+    if eval_s > h.max_eval_seconds:
+        violations.append(f"evaluation took {eval_s:.1f}s > MAX_EVAL_SECONDS={h.max_eval_seconds:g}")
+        log("error: " + violations[-1])
     recompiles = torch.tensor(compiled_graphs() - primed, device=device)
     if rt.world > 1:
         dist.all_reduce(recompiles, op=dist.ReduceOp.MAX)
     log(f"recompiles after priming: {recompiles.item()} (any rank)")
 
-    # ---- the record
-    if rt.rank == 0:
-        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        sub = dict(name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT", github_id=h.github_id,
-                   val_bpb=round(final_bpb, 8), val_loss=round(final_loss, 8),
+    # ---- the record (flagged, and the run fails, if it broke a time limit)
+    def record() -> None:
+        dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        r8 = lambda v: None if v is None else round(v, 8)
+        sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
+                   blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, int5 "
+                         f"{'GPTQ' if hessians else 'RTN'} + zstd, sliding eval stride {h.eval_stride}"
+                         + (", score-first TTT" if ttt_on else "") + f"; {rt.world}x {dev}",
+                   date=time.strftime("%Y-%m-%d", time.gmtime()), val_bpb=r8(final_bpb), val_loss=r8(final_loss),
                    bytes_total=code_bytes + model_bytes, bytes_code=code_bytes, bytes_model=model_bytes,
-                   steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2), eval_time_s=round(eval_s, 2),
-                   gptq_calibration_s=round(calib_ms / 1000, 2),
-                   world_size=rt.world, device=dev_name, seed=h.seed,
-                   date=time.strftime("%Y-%m-%d", time.gmtime()),
-                   prequant_val_bpb=round(pre_bpb, 8), roundtrip_val_bpb=round(rt_bpb, 8),
-                   sliding_val_bpb=round(sl_bpb, 8), ttt_val_bpb=None if ttt_bpb is None else round(ttt_bpb, 8),
-                   pruned_frac=info["pruned_frac"], zstd_level=info["level"], gptq=bool(hessians), run_id=h.run_id,
-                   blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, "
-                         f"int5 {'GPTQ' if hessians else 'RTN'} + zstd, sliding eval stride {h.eval_stride}"
-                         + (", score-first TTT" if h.ttt_enabled else "") + f"; {rt.world}x {dev_name}")
-        write_atomic(Path(h.out_dir) / "submission.json", (json.dumps(sub, indent=2) + "\n").encode())
-        log(f"submission.json written: val_bpb {final_bpb:.8f}")
-    if rt.world > 1:
-        dist.barrier()  # every rank done before the process group is torn down
+                   rule_violations=violations, steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2),
+                   eval_time_s=round(eval_s, 2), gptq_calibration_s=round(calib_ms / 1000, 2),
+                   world_size=rt.world, device=dev, seed=h.seed, prequant_val_bpb=r8(pre_bpb),
+                   roundtrip_val_bpb=r8(rt_bpb), sliding_val_bpb=r8(sl_bpb), ttt_val_bpb=r8(ttt_bpb),
+                   pruned_frac=info["pruned_frac"], zstd_level=info["level"], gptq=bool(hessians), run_id=h.run_id)
+        write_atomic(Path(h.out_dir) / "submission.json", (json.dumps(sub, indent=2, allow_nan=False) + "\n").encode())
+        log(f"submission.json written: val_bpb {final_bpb:.8f}" + (" (RULES BROKEN)" if violations else ""))
+        write_atomic(Path(h.out_dir) / "train.log", log.path.read_bytes())
+    shared_outcome(rt, record, rank0_only=True)
+    if violations:
+        raise SharedError("; ".join(violations) + " (the record says so)")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    except Exception as e:  # the process group is left as is: tearing down a half-failed one can hang
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0 or not (isinstance(e, RunError) and e.shared):
+            print(f"error: {one_line(e)}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
+        else:
+            time.sleep(1.0)  # let rank 0 report before torchrun stops the others
+        os._exit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -43,7 +43,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     sizes_by_row = []
     for label, q in rows:
-        blob, sizes = tg.pack_artifact(q)
+        blob, sizes = tg.pack_artifact(q, tg.parse_levels(os.environ.get("ZSTD_LEVELS", "16,19,22")))  # compare levels
         sizes_by_row.append(sizes)
         sz = " / ".join(f"{sizes[lv]:,}" for lv in sorted(sizes))
         r = evaluate(blob)

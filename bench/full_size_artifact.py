@@ -32,10 +32,10 @@ for g, n in sorted(groups.items(), key=lambda kv: -kv[1]):
 print(f"  params {'TOTAL':<24} {sum(groups.values()):>12,}")
 
 opts = tg.build_optimizers(model, h, 0, 1, fused=False)
-stream = tg.TokenStream(os.path.join(h.data_path, "fineweb_train_*.bin"))
+loader = tg.TrainLoader(os.path.join(h.data_path, "fineweb_train_*.bin"), seq, h.seed)
 t0 = time.perf_counter()
 for step in range(steps):
-    x, y = tg.rank_batch(stream, batch, seq, 0, 1)
+    x, y = loader.batch(batch // seq, 0, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(x, y)
     loss.backward()
@@ -49,14 +49,14 @@ names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QAT
 code = len((ROOT / "train_gpt.py").read_bytes())
 calib = int(os.environ.get("CALIB_SEQS", 16))
 t0 = time.perf_counter()
-x, _ = tg.rank_batch(stream, calib * seq, seq, 0, 1)
+x, _ = loader.batch(calib, 0, 1)
 hs = tg.collect_hessians(model, x, 4, 1)
 t_calib = time.perf_counter() - t0
 t0 = time.perf_counter()
 q = tg.quantize_state(model.state_dict(), names, 0.0, hs)
 t_gptq = time.perf_counter() - t0
 t0 = time.perf_counter()
-blob, sizes = tg.pack_artifact(q)
+blob, sizes = tg.pack_artifact(q, tg.parse_levels(os.environ.get("ZSTD_LEVELS", "16,19,22")))  # compare levels
 t_pack = time.perf_counter() - t0
 syms = np.concatenate([q[n][1].numpy().ravel() for n in names])
 counts = np.bincount(syms.astype(np.int64) + 15, minlength=31)

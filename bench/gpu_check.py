@@ -55,6 +55,7 @@ def figures(log: str, wall_s: float) -> dict:
         sliding_eval_tok_s=val / num(r"^final_sliding_exact .* time:([\d.]+)s"),
         ttt_step_ms=1000 * float(ttt.group(1)) / int(ttt.group(2)) if ttt else None,
         export_s=num(r"export_time:([\d.]+)s"),
+        gptq_calibration_ms=num(r"gptq_calibration:(\d+)ms", int),  # 1 GPU: all GPTQ_CALIB_SEQS on it
         startup_and_priming_s=wall_s - num(r"^eval_time:([\d.]+)s", float) - num(r"train_time:([\d.]+)s$"),
         val_tokens=val, wall_s=wall_s)
 

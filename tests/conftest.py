@@ -62,14 +62,14 @@ def tiny_data(tmp_path_factory, synth_docs):
     return d
 
 
-def run_script(out_dir, data_dir, nproc=1, **env_over):
+def run_script(out_dir, data_dir, nproc=1, timeout=900, **env_over):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(TINY, DATA_PATH=str(data_dir), TOKENIZER_PATH=str(TOKENIZER), OUT_DIR=str(out_dir),
                RUN_ID="t", OMP_NUM_THREADS="1")
     env.update({k: str(v) for k, v in env_over.items()})
     cmd = [sys.executable, str(ROOT / "train_gpt.py")] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train_gpt.py")]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=out_dir)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=out_dir)
 
 
 def metric(log_text, key):

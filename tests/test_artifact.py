@@ -135,12 +135,30 @@ def test_prune_to_fit_zeroes_the_cheapest_plus_minus_one_symbols(tg):
     assert costs == sorted(costs)
 
 
+def test_a_hessian_gptq_cannot_use_falls_back_to_round_to_nearest_at_its_clip(tg):
+    state, names, hs, _, _ = cap_setup(tg)
+    bad, nan_h = sorted(hs)[:2]
+    hs = {**hs, nan_h: hs[nan_h] * float("nan"), bad: -hs[bad]}  # not finite; not positive definite
+    logs = []
+    q = tg.quantize_state(state, names, 0.0, hs, logs.append)
+    assert sorted(m.split()[2] for m in logs if m.startswith("gptq fallback:")) == sorted([bad, nan_h])
+    assert torch.equal(q[nan_h][1], tg.quantize_int5(state[nan_h])[0])  # no usable H: MSE clip
+    rtn_at_clip = tg.quantize_int5(state[bad], torch.diag(hs[bad]), tg.GPTQ_CLIP_FRACS)
+    assert torch.equal(q[bad][1], rtn_at_clip[0]) and torch.equal(q[bad][2], rtn_at_clip[1])
+    good = sorted(hs)[2]
+    assert torch.equal(q[good][1], tg.gptq_int5(state[good], hs[good], q[good][2]))  # the others: GPTQ
+    blob, info = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=1000 + int(0.97 * len(tg.pack_artifact(q)[0])), log=logs.append)
+    assert info["pruned"] > 0 and set(tg.unpack_artifact(blob)) == set(state)  # prune costs stay finite
+
+
 def test_zstd_picks_the_smallest_frame_and_any_level_decodes(tg):
     _, state, names = trained_like_state(tg)
     q = tg.quantize_state(state, names)
-    blob, sizes = tg.pack_artifact(q)
-    assert set(sizes) == set(tg.ZSTD_LEVELS) and len(blob) == min(sizes.values())
-    for lv in tg.ZSTD_LEVELS:
+    levels = (16, 19, 22)  # the bench option; the default packs at level 16 only
+    blob, sizes = tg.pack_artifact(q, levels)
+    assert set(sizes) == set(levels) and len(blob) == min(sizes.values())
+    assert set(tg.pack_artifact(q)[1]) == set(tg.ZSTD_LEVELS) == {16}
+    for lv in levels:
         other, _ = tg.pack_artifact(q, (lv,))
         assert all(torch.equal(a, b) for a, b in zip(tg.unpack_artifact(other).values(), tg.unpack_artifact(blob).values()))
 
@@ -183,19 +201,18 @@ print(tg.bpb(nll, tg.target_bytes(val, luts))[1])
 
 
 def test_gptq_calibration_reads_the_next_training_tokens(tg, tiny_data, monkeypatch):
-    import numpy as np
     h = tg.Hyperparameters(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
                            bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=64,
                            train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data))
     rt = tg.Runtime(0, 1, torch.device("cpu"), 1, False, tg.Logger(None))
     trainer = tg.Trainer(h, rt, tg.GPT(h))
-    trainer.batch(), trainer.batch()  # two training batches of 256 (+1) tokens
+    trainer.batch(), trainer.batch()  # two training batches of 4 windows of 64 (+1) tokens
     seen = []
     monkeypatch.setattr(tg, "collect_hessians", lambda model, x, batch, world: seen.append(x) or {})
     trainer.calibrate()
-    ref = tg.TokenStream(str(tiny_data / "fineweb_train_*.bin"))
-    ref.take(2 * 257)
-    assert torch.equal(seen[0].flatten(), torch.from_numpy(ref.take(4 * 64 + 1)[:-1].astype(np.int64)))
+    ref = tg.TrainLoader(str(tiny_data / "fineweb_train_*.bin"), 64, h.seed)
+    ref.batch(4, 0, 1), ref.batch(4, 0, 1)
+    assert torch.equal(seen[0], ref.batch(4, 0, 1)[0])  # the next 4 training windows
 
 
 def test_hessians_are_the_inputs_gram_matrices(tg):

@@ -60,25 +60,61 @@ def test_shard_reader_rejects_corrupt_files(tg, tmp_path, kind, match):
 
 def test_missing_shards_and_short_validation(tg, tmp_path):
     with pytest.raises(tg.RunError, match="no shard files match"):
-        tg.TokenStream(str(tmp_path / "fineweb_train_*.bin"))
+        tg.TrainLoader(str(tmp_path / "fineweb_train_*.bin"), 4, 0)
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.arange(4))
+    with pytest.raises(tg.RunError, match="hold no window"):
+        tg.TrainLoader(str(tmp_path / "fineweb_train_*.bin"), 4, 0)
     write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(64))
     with pytest.raises(tg.RunError, match="fewer than one sequence"):
         tg.load_validation(str(tmp_path / "fineweb_val_*.bin"), 64)
 
 
-def test_global_batch_is_the_same_for_any_world_size(tg, tmp_path):
-    write_shard(tmp_path / "fineweb_train_000000.bin", np.arange(0, 50))
-    write_shard(tmp_path / "fineweb_train_000001.bin", np.arange(50, 70))
-    pat = str(tmp_path / "fineweb_train_*.bin")
+def shards(tmp_path, sizes=(50, 21, 37)):
+    """Train shards whose tokens are their global positions (mod 60000), and a validation shard
+    of ids that never occur in them."""
+    o = 0
+    for i, n in enumerate(sizes):
+        write_shard(tmp_path / f"fineweb_train_{i:06d}.bin", np.arange(o, o + n))
+        o += n
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.full(100, 65000))
+    return str(tmp_path / "fineweb_train_*.bin")
+
+
+def windows(x, y):
+    """Each (input, target) row as the tuple of its seq_len + 1 tokens."""
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    return [tuple(r) for r in torch.cat([x, y[:, -1:]], 1).tolist()]
+
+
+def test_every_window_is_seen_once_before_any_repeats(tg, tmp_path):
+    L = 4
+    loader = tg.TrainLoader(shards(tmp_path), L, seed=1)
+    # shard windows: 49 // 4 = 12, 20 // 4 = 5, 36 // 4 = 9 -> 26 windows, none across a boundary
+    expect = {tuple(range(o + L * k, o + L * k + L + 1)) for o, n in ((0, 50), (50, 21), (71, 37)) for k in range((n - 1) // L)}
+    assert len(expect) == 26
+    first = sum((windows(*loader.batch(2, 0, 1)) for _ in range(13)), [])
+    assert set(first) == expect and len(first) == 26  # one epoch: each window exactly once
+    second = sum((windows(*loader.batch(2, 0, 1)) for _ in range(13)), [])
+    assert set(second) == expect and second != first  # the next epoch, in a new order
+    flat = [t for w in first for t in w]
+    assert 65000 not in flat  # no validation token
+
+
+def test_global_batch_is_the_same_for_any_world_size_and_seeded(tg, tmp_path):
+    pat = shards(tmp_path)
     batches = {}
     for world in (1, 2, 4):
-        streams = [tg.TokenStream(pat) for _ in range(world)]
-        xs, ys = [], []
-        for _ in range(3):  # 3 x 17 tokens: crosses a shard and wraps around
-            parts = [tg.rank_batch(s, 16, 4, r, world) for r, s in enumerate(streams)]
-            xs.append(torch.cat([p[0] for p in parts]))
-            ys.append(torch.cat([p[1] for p in parts]))
-        batches[world] = (torch.stack(xs), torch.stack(ys))
-        assert torch.equal(batches[world][1][:, :, :-1], batches[world][0][:, :, 1:])
-    assert torch.equal(batches[1][0], batches[2][0]) and torch.equal(batches[1][0], batches[4][0])
-    assert batches[1][0][2, 0, 0].item() == (34 % 70)  # third batch starts at token 34
+        loaders = [tg.TrainLoader(pat, 4, seed=7) for _ in range(world)]
+        batches[world] = [sum((windows(*ld.batch(8, r, world)) for r, ld in enumerate(loaders)), []) for _ in range(5)]
+    assert batches[1] == batches[2] == batches[4]  # 5 x 8 windows: crosses an epoch too
+    other = tg.TrainLoader(pat, 4, seed=8)
+    assert [windows(*other.batch(8, 0, 1)) for _ in range(5)] != batches[1]
+
+
+def test_batches_never_read_a_whole_shard(tg, tmp_path, monkeypatch):
+    """Shards are memory-mapped once: a step reads only its windows, so a shard boundary never stalls."""
+    loader = tg.TrainLoader(shards(tmp_path, (4000, 4000)), 16, seed=0)
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: pytest.fail("a whole-shard read"))
+    for _ in range(600):  # 600 x 2 windows: all 498, across both shards and into a second epoch
+        x, y = loader.batch(2, 0, 1)
+    assert x.shape == (2, 16) and x.dtype == torch.int64

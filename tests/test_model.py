@@ -125,6 +125,19 @@ def test_model_compiles_without_graph_breaks(tg):
         compiled(ids, ids).backward()
 
 
+def test_the_fullgraph_check_tells_a_traceable_kernel_from_one_that_is_not(tg):
+    """The probe setup() runs on FlashAttention-3 before priming (an untraceable build falls back to SDPA)."""
+    q = torch.randn(1, 16, 2, 8)
+    assert tg.fullgraph_error(lambda t: tg.causal_attention(t, t, t, 0.125), q) is None
+    opaque = lambda t: (torch._dynamo.graph_break(), t * 2)[1]  # like a pybind kernel dynamo cannot trace
+    assert tg.fullgraph_error(opaque, q).startswith("Unsupported")
+
+
+def test_the_script_stays_within_1500_lines():
+    from conftest import ROOT
+    assert len((ROOT / "train_gpt.py").read_text().splitlines()) <= 1500
+
+
 def test_muon_update_is_orthogonal_and_shape_scaled(tg):
     g = torch.randn(3, 64, 32)
     u = tg.zeropower_ns5(g, 5).float()

@@ -29,7 +29,7 @@ DEFAULTS = dict(
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
-    warmdown_iters=3500, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=12.0,
+    warmdown_iters=3500, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
     recur_layers="", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
 )
@@ -40,6 +40,12 @@ ANCHOR_BATCH = 786432
 # export + reload inside the eval budget: zstd-22 of the full-size model took 29 s (95 s when
 # the machine was shared) on the 2-core CPU here (bench/full_size_artifact.py); kept generous.
 EXPORT_S = float(os.environ.get("EXPORT_SECONDS", 100.0))
+# GPTQ calibration (train_gpt.py collect_hessians): an eager forward of GPTQ_CALIB_SEQS / 8
+# sequences per rank, fp32 X^T X of every linear input (TF32 off), an all-reduce of the sums
+FP32_FLOPS = 67e12           # H100 SXM fp32 (non-tensor) peak
+FP32_EFFICIENCY = 0.3        # assumed for the Gram-matrix matmuls
+ALLREDUCE_BYTES_S = {"optimistic": 300e9, "nominal": 200e9, "pessimistic": 100e9}  # NCCL bus bandwidth
+EAGER_OVERHEAD_S = 0.5       # assumed: kernel launches of an eager forward with ~70 hooks
 EVAL_MFU_RATIO = 0.7         # eval MFU assumed = train MFU * 0.7
 TTT_STEP_OVERHEAD_S = 0.005  # assumed fixed cost per TTT optimizer step (small batch, all-reduce)
 FA2_SLOWDOWN = 1.10          # SDPA (FlashAttention-2) instead of FA3 (the anchor's kernel)
@@ -115,6 +121,21 @@ def flops_per_token(cfg, recur=False):
     return fwd, 3 * fwd
 
 
+def hessian_elements(cfg):
+    """Entries of all GPTQ Hessians: each linear's input dim squared, and d^2 for the tied head."""
+    d, kv = cfg["model_dim"], _kv_dim(cfg)
+    per_layer = 5 * d * d + cfg["mlp_hidden"] ** 2                   # q, k, v, out, up read d; down reads hidden
+    return cfg["num_layers"] * per_layer + cfg["bigram_dim"] ** 2 + (cfg["ve_layers"] > 0) * cfg["ve_dim"] ** 2 + d * d
+
+
+def calibration_seconds(cfg, mfu, label):
+    """ESTIMATE of the GPTQ calibration inside the training clock, per scenario."""
+    tokens = cfg["gptq_calib_seqs"] / GPUS * cfg["train_seq_len"]
+    fwd, _ = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)
+    compute = tokens * fwd / (PEAK_FLOPS * mfu) + tokens * 2 * hessian_elements(cfg) / (FP32_FLOPS * FP32_EFFICIENCY)
+    return compute + 4 * hessian_elements(cfg) / ALLREDUCE_BYTES_S[label] + EAGER_OVERHEAD_S
+
+
 def anchor_mfu():
     _, train = flops_per_token(DEFAULTS)
     return train * ANCHOR_BATCH / (GPUS * PEAK_FLOPS * ANCHOR_STEP_S)
@@ -183,13 +204,14 @@ def estimate(cfg, measured=None):
                 parts["ttt_scoring_pass"] = parts["sliding_pass"]
                 parts["ttt_training"] = m * ttt_steps * measured["ttt_step_ms"] / 1e3 * MULTI_GPU_OVERHEAD / GPUS
             export_s = m * measured["export_s"]
+        calib_s = calibration_seconds(cfg, mfu, label) if cfg["gptq_calib_seqs"] > 0 else 0.0
         steps = train_steps(step_s, qat_ratio, cfg, rr)
         train_s = train_seconds(steps, step_s, qat_ratio, cfg, rr)
         eval_s = sum(parts.values()) + export_s + ttt_overhead
         out["scenarios"].append({
             "label": label, "factor": f, "mfu": mfu, "eval_mfu": eval_mfu, "step_ms": step_s * 1e3,
             "qat_ratio": qat_ratio, "recur_ratio": rr, "steps": steps, "train_tokens": steps * cfg["train_batch_tokens"],
-            "train_s": train_s, "eval_parts_s": parts, "export_s": export_s, "eval_s": eval_s,
+            "train_s": train_s, "calib_s": calib_s, "eval_parts_s": parts, "export_s": export_s, "eval_s": eval_s,
             "train_fits": train_s <= LIMIT_S,
             "eval_fits": eval_s <= min(LIMIT_S, cfg["max_eval_seconds"]),
         })
@@ -231,6 +253,7 @@ def _report(cfg, est, logged_params=None):
     row(f"steps in {cfg['max_wallclock_seconds']:.0f} s - GPTQ reserve (est.)", [f"{s['steps']:,}" for s in sc])
     row("training tokens (est.)", [f"{s['train_tokens'] / 1e9:.2f} B" for s in sc])
     row("training time (est.)", [f"{s['train_s']:.0f} s" for s in sc])
+    row(f"GPTQ calibration (est.; reserve {cfg['gptq_reserve_seconds']:g} s)", [f"{s['calib_s']:.1f} s" for s in sc])
     print(f"  eval workload: {cfg['val_tokens']:,} val tokens, {est['eval_windows']:,} sliding "
           f"windows x {cfg['train_seq_len']}, TTT {'on' if cfg['ttt_enabled'] else 'off'}"
           + (f" ({est['ttt_chunks']} chunks, {cfg['ttt_epochs']} epoch(s))" if cfg["ttt_enabled"] else ""))
