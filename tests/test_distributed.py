@@ -118,6 +118,8 @@ def test_wall_clock_run_keeps_training_and_calibration_inside_the_limit(tmp_path
                  WARMDOWN_ITERS=20, TTT_ENABLED=0)
     train, calib, total = map(int, re.search(r"train_time:(\d+)ms gptq_calibration:(\d+)ms .* total:(\d+)ms", log).groups())
     assert train <= 3500 and total <= 4000 and "int5 round-to-nearest on at step" in log
+    timed, reserve = re.search(r"training clock: [\d.]+s, ([\d.]+)s kept for GPTQ calibration \(timed: (\d+)ms\)", log).groups()[::-1]
+    assert int(timed) > 0 and float(reserve) == pytest.approx(max(1.0, 2e-3 * int(timed)), abs=0.06)
 
 
 def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
