@@ -1249,8 +1249,8 @@ class Trainer:
 
     def prime(self) -> tuple[float, float]:
         """Runs every graph the run needs (training plain, with recurrence, with QAT; scoring;
-        the TTT step) on training tokens, then undoes it all: weights, optimizer state, data
-        loader. Returns the measured QAT / plain and recurrent / plain step-time ratios."""
+        the TTT step) on training tokens, then undoes it: weights and optimizer state (train()
+        rewinds the loader). Returns the measured QAT / plain and recurrent / plain step-time ratios."""
         h, rt, model = self.h, self.rt, self.model
         recs = [False, True] if model.recur_layers and 0 < h.recur_start_frac < 1 else [recur_at_end(h)]
         phases = [(r, q) for q in (False, True) for r in recs]  # (recurrent, QAT): every pair reachable
@@ -1282,7 +1282,6 @@ class Trainer:
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
             opt.load_state_dict(sd)
-        self.loader.pos = 0
         best = {ph: min(times[ph][1:] or [math.nan]) for ph in phases}
         r = recs[-1]  # the QAT ratio of the end state; the recurrence ratio of plain steps
         ratios = [max(1.0, x) if x == x else 1.0 for x in
@@ -1297,7 +1296,7 @@ class Trainer:
         qat_ratio, recur_ratio = ratios
         ema = [p.detach().float().clone() for p in self.params]
         timed = self.calibrate()[1] if h.max_wallclock_seconds > 0 and h.gptq_calib_seqs > 0 else 0.0
-        self.loader.pos = 0  # that calibration (its first, slowest run: timed before the clock) is undone
+        self.loader.pos = 0  # the windows priming and that timing (its first, slowest run) read are undone
         reserve = max(h.gptq_reserve_seconds, 2e-3 * timed) if h.gptq_calib_seqs > 0 else 0.0
         if h.max_wallclock_seconds > 0:
             log(f"training clock: {h.max_wallclock_seconds - reserve:.1f}s, {reserve:.1f}s kept for GPTQ calibration (timed: {timed:.0f}ms)")
