@@ -34,53 +34,42 @@ class SharedError(RunError):
 class Hyperparameters:
     data_path: str = "./data/datasets/fineweb10B_sp1024"
     tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    out_dir: str = "."
-    run_id: str = ""
-    seed: int = 1337
-    vocab_size: int = 1024
+    out_dir: str = "."; run_id: str = ""
+    seed: int = 1337; vocab_size: int = 1024
     iterations: int = 20000
     warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph when compiling
-    warmdown_iters: int = 3500
+    warmdown_iters: int = 0; warmdown_frac: float = 0.667  # LR decay over the last N steps (0: this fraction of the run)
     max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
     train_batch_tokens: int = 786_432
     train_seq_len: int = 2048
     grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
     val_loss_every: int = 0; train_log_every: int = 100
-    num_layers: int = 11
-    model_dim: int = 512
+    num_layers: int = 11; model_dim: int = 512
     num_heads: int = 8; num_kv_heads: int = 4
     mlp_hidden: int = 1536
     bigram_buckets: int = 16384; bigram_dim: int = 128  # SPEC: 4096 buckets (README: spending the bytes)
     ve_dim: int = 128; ve_layers: int = 2
     xsa_last_n: int = -1  # -1: every layer
-    parallel_from: int = -1  # layers >= this run attention and MLP on one normed input (-1: none)
-    recur_layers: str = ""  # e.g. "4,5": these consecutive layers run twice (shared weights)...
+    parallel_from: int = 7; skip_gates: int = 1  # 2 lanes from the 1st decoder layer >= this (-1: one); gated skips
+    recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; U-Net over all passes)...
     recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) training steps on
     rope_dims: int = 16; rope_base: float = 10000.0
-    logit_softcap: float = 30.0
-    qk_gain_init: float = 1.5
+    logit_softcap: float = 30.0; qk_gain_init: float = 5.0
     matrix_lr: float = 0.025; embed_lr: float = 0.035; scalar_lr: float = 0.025
-    muon_momentum: float = 0.97
-    muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
-    muon_backend_steps: int = 5
+    muon_momentum: float = 0.97; muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5; muon_row_norm: int = 1  # MuonEq-R: rows normalised before NS5
     weight_decay: float = 0.09
-    grad_clip_norm: float = 0.3
-    ema_decay: float = 0.9965
+    grad_clip_norm: float = 0.3; ema_decay: float = 0.9965
     qat_threshold: float = 0.15
-    prune_pct: float = 0.0  # magnitude-pruning floor; more only as far as BYTE_CAP needs
-    byte_cap: int = BYTE_CAP
+    prune_pct: float = 0.0; byte_cap: int = BYTE_CAP  # magnitude-pruning floor; more only as far as BYTE_CAP needs
     gptq_calib_seqs: int = 64  # training sequences for the GPTQ Hessians (0: round to nearest)
     gptq_reserve_seconds: float = 2.0  # of MAX_WALLCLOCK_SECONDS kept for calibration (est. 0.6 s; at least 2x its primed time)
     zstd_levels: str = "16"  # the smallest frame of these wins ("16,19,22": bench; 16 won every measurement)
     eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this
     eval_stride: int = 64; eval_batch_seqs: int = 32
-    ttt_enabled: int = 1
-    ttt_lr: float = 4e-4; ttt_epochs: int = 3
-    ttt_chunk_tokens: int = 32768; ttt_batch_seqs: int = 8
-    ttt_grad_clip: float = 1.0
-    ttt_log_every: int = 1
-    compile: int = -1  # -1: on CUDA only
-    flash_attn: int = 1  # FlashAttention-3 on CUDA when importable (0: always SDPA)
+    ttt_enabled: int = 1; ttt_lr: float = 4e-4; ttt_epochs: int = 3; ttt_grad_clip: float = 1.0
+    ttt_chunk_tokens: int = 32768; ttt_batch_seqs: int = 8; ttt_log_every: int = 1
+    compile: int = -1; flash_attn: int = 1  # -1: compile on CUDA only; FlashAttention-3 on CUDA when importable (0: SDPA)
     name: str = ""; author: str = ""; github_id: str = ""  # submission.json
 
     @classmethod
@@ -437,26 +426,21 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.in_scale = 1.0 / math.sqrt(i + 1)
-        self.parallel = 0 <= h.parallel_from <= i
 
-    def forward(self, x, x0, cos, sin, ve=None):
+    def forward(self, x, x0, cos, sin, ve=None, lane=None):
+        """One residual stream; given `lane`, two (PR #1435): attention updates x, the MLP `lane`."""
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        a = self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
-        if self.parallel:  # attention and MLP read the same normed input
-            return x + a + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
-        x = x + a
-        return x + self.mlp_scale * self.mlp(rms_norm(x) * self.in_scale)
+        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
+        y = x if lane is None else lane
+        y = y + self.mlp_scale * self.mlp(rms_norm(y) * self.in_scale)
+        return y if lane is None else (x, y)
 
 
-def layer_plan(num_layers: int, recur: tuple[int, ...]) -> list[tuple[int, bool]]:
-    """(layer, first pass) in execution order: the `recur` layers run again right after the
-    last of them. Repeat passes take no part in the U-Net skips."""
-    plan = []
-    for i in range(num_layers):
-        plan.append((i, True))
-        if recur and i == recur[-1]:
-            plan += [(r, False) for r in recur]
-    return plan
+def layer_plan(num_layers: int, recur: tuple[int, ...]) -> list[int]:
+    """Layers in execution order: the `recur` layers run again right after the last of them.
+    The U-Net is laid over these passes (virtual layers: 13 = 6 encoder + 7 decoder)."""
+    end = recur[-1] + 1 if recur else num_layers
+    return [*range(end), *recur, *range(end, num_layers)]
 
 
 def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
@@ -469,10 +453,10 @@ def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
     return r
 
 
-def unet_skip_plan(num_layers: int) -> list[tuple[int, int]]:
-    """(decoder layer, encoder layer whose output it receives): LIFO over the encoder."""
-    enc = num_layers // 2
-    return [(enc + j, enc - 1 - j) for j in range(min(enc, num_layers - enc))]
+def unet_skip_plan(n_passes: int) -> list[tuple[int, int]]:
+    """(decoder pass, encoder pass whose output it receives), by position in the layer plan."""
+    enc = n_passes // 2
+    return [(enc + j, enc - 1 - j) for j in range(min(enc, n_passes - enc))]
 
 
 class GPT(nn.Module):
@@ -489,9 +473,12 @@ class GPT(nn.Module):
             self.ve_proj = CastedLinear(h.ve_dim, kv_dim)
             self.ve_scale = nn.Parameter(torch.tensor(0.1))
         self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
-        self.n_enc = h.num_layers // 2
-        self.skip_weights = nn.Parameter(torch.ones(len(unet_skip_plan(h.num_layers)), d))
         self.recur_layers = parse_recur(h.recur_layers, h.num_layers)
+        n_skip = len(unet_skip_plan(h.num_layers))  # slot e: encoder pass e's skip, with or without recurrence
+        self.skip_weights = nn.Parameter(torch.ones(n_skip, d))
+        self.skip_gates = nn.Parameter(torch.zeros(n_skip, d)) if h.skip_gates else None
+        if 0 <= h.parallel_from < h.num_layers:  # the lanes' merge after the last layer: m*attention + (1-m)*MLP lane
+            self.lane_merge = nn.Parameter(torch.tensor(0.5))
         self.recur = False  # switched on during training (a second compiled graph, primed)
         if self.recur_layers:  # ...and saved with the weights: the artifact says how it ran
             self.register_buffer("recur_on", torch.zeros(1))
@@ -514,15 +501,25 @@ class GPT(nn.Module):
         x = torch.cat([x[:, :1], (1 - g) * x[:, 1:] + g * x[:, :-1]], 1)
         x0 = x
         ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
-        skips = []
-        for i, first in layer_plan(len(self.blocks), self.recur_layers if self.recur else ()):
-            blk, j = self.blocks[i], i - self.n_enc
-            if first and 0 <= j < self.skip_weights.size(0):
-                x = x + self.skip_weights[j] * skips.pop()
-            x = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None)
-            if first and i < self.n_enc:
+        plan = layer_plan(len(self.blocks), self.recur_layers if self.recur else ())
+        skips, lane, pf = [], None, self.h.parallel_from
+        for p, i in enumerate(plan):
+            blk, j = self.blocks[i], p - len(plan) // 2  # j >= 0: decoder
+            if j >= 0 and skips:  # LIFO; with recurrence the innermost pair (adjacent passes) has no slot
+                s, e = skips.pop(), len(skips)
+                if e < self.skip_weights.size(0):  # a skip after the split feeds both lanes
+                    x, lane = self.add_skip(e, x, s), None if lane is None else self.add_skip(e, lane, s)
+            if lane is None and j >= 0 and 0 <= pf <= i:
+                lane = x
+            out = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None, lane)
+            x, lane = out if lane is not None else (out, None)
+            if j < 0:
                 skips.append(x)
-        return rms_norm(x)
+        return rms_norm(x if lane is None else torch.lerp(lane, x, self.lane_merge.to(x.dtype)))
+
+    def add_skip(self, e: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        s = self.skip_weights[e].to(x.dtype) * skip  # gated: lerp(s, x, sigmoid(g)), half-half at g = 0
+        return x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[e]).to(x.dtype))
 
 
 def quantized_modules(model: nn.Module) -> list[nn.Module]:
@@ -558,14 +555,19 @@ def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
     return X.mT if tall else X
 
 
+def row_normalize(G: torch.Tensor) -> torch.Tensor:
+    """MuonEq-R (PR #1260): each row of each matrix divided by its L2 norm."""
+    return G / G.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(G.dtype)
+
+
 class Muon(torch.optim.Optimizer):
     """Momentum + Nesterov, orthogonalised update, decoupled weight decay. Matrices of one
     shape are batched; rank r orthogonalises every world-th of them, and one all-reduce
     shares the updates."""
 
-    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1):
+    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1, row_norm=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_steps, self.rank, self.world = ns_steps, rank, world
+        self.ns_steps, self.rank, self.world, self.row_norm = ns_steps, rank, world, row_norm
         self.ns = zeropower_ns5
 
     @torch.no_grad()
@@ -586,7 +588,8 @@ class Muon(torch.optim.Optimizer):
                     st = self.state[ps[i]]
                     buf = st.setdefault("momentum_buffer", torch.zeros_like(ps[i]))
                     buf.mul_(mom).add_(ps[i].grad)
-                    gs.append(ps[i].grad.add(buf, alpha=mom))
+                    g = ps[i].grad.add(buf, alpha=mom)
+                    gs.append(row_normalize(g) if self.row_norm else g)
                 u = self.ns(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
                 for k, i in enumerate(mine):
                     flat[offs[i]:offs[i + 1]] = u[k].flatten()
@@ -601,7 +604,7 @@ def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fuse
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, QEmbedding)}
     params = list(model.parameters())
     muon = Muon([p for p in params if id(p) in muon_ids], h.matrix_lr, h.muon_momentum,
-                h.weight_decay, h.muon_backend_steps, rank, world)
+                h.weight_decay, h.muon_backend_steps, rank, world, bool(h.muon_row_norm))
     adam = torch.optim.AdamW(
         [dict(params=[p for p in params if id(p) in embed_ids], lr=h.embed_lr),
          dict(params=[p for p in params if id(p) not in muon_ids | embed_ids], lr=h.scalar_lr)],
@@ -610,6 +613,10 @@ def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fuse
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
     return [muon, adam]
+
+
+def warmdown_steps(h: Hyperparameters, total_steps: int) -> int:
+    return h.warmdown_iters if h.warmdown_iters > 0 else round(h.warmdown_frac * total_steps)
 
 
 def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
@@ -649,8 +656,7 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
     grads = [p.grad for p in params]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)
-    if mean:
-        flat /= world
+    flat /= world if mean else 1
     o = 0
     for p, g in zip(params, grads):
         p.grad = flat[o:o + g.numel()].view_as(g)
@@ -665,8 +671,6 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 # the cheapest +-1 symbols become 0, just enough to fit. Written atomically; loads validate.
 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
-
-
 ZSTD_LEVELS = (16,)  # level 16 won every measurement; bench: ZSTD_LEVELS=16,19,22
 
 
@@ -929,12 +933,10 @@ def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device
     n = tokens.numel() - 1
     model.eval()
     with torch.inference_mode():
-        return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len,
-                             batch_seqs, 0, n, rank, world, device)
+        return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len, batch_seqs, 0, n, rank, world, device)
 
 
-def ttt_keep_adapting(elapsed: float, adapt_avg: float, score_avg: float, chunks_left: int,
-                      budget: float) -> bool:
+def ttt_keep_adapting(elapsed: float, adapt_avg: float, score_avg: float, chunks_left: int, budget: float) -> bool:
     """Adapt once more only if that and scoring every remaining chunk fit in the budget."""
     return elapsed + adapt_avg + 1.1 * score_avg * chunks_left <= budget
 
@@ -990,9 +992,8 @@ def reduce_max(rt, *values: float) -> list[float]:
     return t.tolist()
 
 
-def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int,
-             world: int, device, nbytes: torch.Tensor, clock, log=print,
-             budget: float | None = None) -> torch.Tensor:
+def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
+             nbytes: torch.Tensor, clock, log=print, budget: float | None = None) -> torch.Tensor:
     """Score-first TTT: for each chunk, score it under inference_mode, then (except for the
     last) adapt the MLP matrices on it. Returns per-target nll over the whole stream.
     One host sync per chunk; the budget decision's inputs are reduced (max) across ranks,
@@ -1126,7 +1127,8 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
         (not h.ttt_chunk_tokens >= L >= h.eval_stride > 0, "need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
-        (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}")]:
+        (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
+        (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1")]:
         if bad:
             raise RunError(msg)
     parse_levels(h.zstd_levels)
@@ -1300,7 +1302,7 @@ class Trainer:
         reserve = max(h.gptq_reserve_seconds, 2e-3 * timed) if h.gptq_calib_seqs > 0 else 0.0
         if h.max_wallclock_seconds > 0:
             log(f"training clock: {h.max_wallclock_seconds - reserve:.1f}s, {reserve:.1f}s kept for GPTQ calibration (timed: {timed:.0f}ms)")
-        wall_ms, qat_steps = 1000 * (h.max_wallclock_seconds - reserve), math.ceil(h.qat_threshold * h.warmdown_iters)
+        wall_ms = 1000 * (h.max_wallclock_seconds - reserve)
         stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
         recur_from, recur_at_ms, switch = None, 0.0, recur_at_end(h)
         sync(rt.device)
@@ -1309,7 +1311,7 @@ class Trainer:
             if switch and recur_from is None and step >= min(h.recur_start_frac * stop_at, stop_at - 1):
                 model.recur, recur_from, recur_at_ms = True, step, self.elapsed_ms(t0, before_ms)
                 log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
-            mult = lr_multiplier(step, stop_at, h.warmdown_iters)
+            mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
             if qat_from is None and mult < h.qat_threshold:
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0, before_ms)
                 log(f"qat: prune {h.prune_pct:.2f} + int5 round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
@@ -1331,7 +1333,7 @@ class Trainer:
                         qat_ms = (elapsed - c_ms) / (step - c)
                     else:
                         qat_ms = plain * qat_ratio
-                    pending = switch and recur_from is None
+                    pending, qat_steps = switch and recur_from is None, math.ceil(h.qat_threshold * warmdown_steps(h, stop_at))
                     stop_at = predict_stop(step, elapsed, plain, qat_ms, wall_ms,
                                            math.inf if qat_from is not None else qat_steps, h.iterations,
                                            h.recur_start_frac if pending else 1.0, recur_ratio)
@@ -1457,10 +1459,7 @@ def main() -> None:
     if eval_s > h.max_eval_seconds:
         violations.append(f"evaluation took {eval_s:.1f}s > MAX_EVAL_SECONDS={h.max_eval_seconds:g}")
         log("error: " + violations[-1])
-    recompiles = torch.tensor(compiled_graphs() - primed, device=device)
-    if rt.world > 1:
-        dist.all_reduce(recompiles, op=dist.ReduceOp.MAX)
-    log(f"recompiles after priming: {recompiles.item()} (any rank)")
+    log(f"recompiles after priming: {int(reduce_max(rt, compiled_graphs() - primed)[0])} (any rank)")
 
     # ---- the record (flagged, and the run fails, if it broke a time limit)
     def record() -> None:
@@ -1497,3 +1496,5 @@ if __name__ == "__main__":
         os._exit(1)
     if dist.is_initialized():
         dist.destroy_process_group()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)  # all is written: skip C++ teardown, which can abort at exit (~1 in 15 runs on gloo)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The data loader A/B of the README on a reduced bench in fp32 (for CPUs without fast bf16):
 # the SPEC §9 bench shape with 4 layers, 80 steps, TTT off; arms: the sequential stream of
-# commit 6c21868 and the current train_gpt.py. Usage: bash bench/loader_ab.sh [OUT] [SEED...]
+# commit 6c21868 and the loader of commit 421129d (before the issue-19 levers became defaults;
+# bench/levers_ab.sh measures those). Usage: bash bench/loader_ab.sh [OUT] [SEED...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/out/ab19}"; shift || true
 mkdir -p "$out"
 git show 6c21868:train_gpt.py > "$out/stream.py"
-cp train_gpt.py "$out/loader.py"
+git show 421129d:train_gpt.py > "$out/loader.py"
 seeds=("$@"); [ ${#seeds[@]} -gt 0 ] || seeds=(42 1337 2024)
 for seed in "${seeds[@]}"; do
   for arm in stream loader; do

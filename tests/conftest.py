@@ -38,7 +38,8 @@ TINY = dict(NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", MLP
             BIGRAM_BUCKETS="256", BIGRAM_DIM="16", VE_DIM="16", TRAIN_SEQ_LEN="64",
             TRAIN_BATCH_TOKENS="1024", ITERATIONS="30", WARMDOWN_ITERS="10", WARMUP_STEPS="0",
             MAX_WALLCLOCK_SECONDS="0", TTT_CHUNK_TOKENS="2048", EVAL_STRIDE="32", TRAIN_LOG_EVERY="1",
-            SEED="7", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8", COMPILE="0")
+            SEED="7", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8", COMPILE="0",
+            PARALLEL_FROM="3", RECUR_LAYERS="")  # two lanes in the last layer; recurrence where a test asks
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ def trained_like_state(tg):
 
 def test_every_matrix_is_int5_whatever_its_size(tg):
     model, state, names = trained_like_state(tg)
-    assert {n for n, t in state.items() if t.ndim == 2 and n != "skip_weights" and "resid_mix" not in n} == names
+    assert {n for n, t in state.items() if t.ndim == 2 and not n.startswith("skip_") and "resid_mix" not in n} == names
     q = tg.quantize_state(state, names, 0.15)
     for n in names:
         kind, qv, scale = q[n]
@@ -114,7 +114,9 @@ def test_prune_to_fit_only_binds_under_the_cap_and_prunes_more_as_it_tightens(tg
     for shrink in (0.99, 0.96, 0.93):
         cap = 1000 + int(shrink * len(free))
         blob, inf = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=cap, log=lambda m: None)
-        assert 1000 + len(blob) <= cap and inf["pruned"] > 0 and inf["packs"] <= 4
+        # zstd's size is not monotone in the zeroed symbols at this size (here 9,783 zeroed: 94,153 B,
+        # 12,371: 95,248 B), so a refinement can miss: at most 6 packs of the 7 the search allows
+        assert 1000 + len(blob) <= cap and inf["pruned"] > 0 and inf["packs"] <= 6
         back = tg.unpack_artifact(blob)  # whichever zstd level won, it decodes
         assert set(back) == set(state)
         pruned.append(inf["pruned"])
@@ -170,7 +172,7 @@ def test_the_artifact_says_whether_the_recurrence_ran(tg, tmp_path, switched):
     model.recur_on.fill_(float(switched))  # a run that stopped before (or after) the switch
     names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
     tg.write_atomic(tmp_path / "a.ptz", tg.pack_artifact(tg.quantize_state(model.state_dict(), names))[0])
-    back = tg.load_artifact_model(tmp_path / "a.ptz", tg.Hyperparameters(**SMALL, recur_layers="1,2"), torch.device("cpu"))
+    back = tg.load_artifact_model(tmp_path / "a.ptz", tg.Hyperparameters(**{**SMALL, "recur_layers": "1,2"}), torch.device("cpu"))
     assert back.recur is switched and "recur_on" not in small_model(tg).state_dict()
 
 
@@ -203,7 +205,7 @@ print(tg.bpb(nll, tg.target_bytes(val, luts))[1])
 def test_gptq_calibration_reads_the_next_training_tokens(tg, tiny_data, monkeypatch):
     h = tg.Hyperparameters(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
                            bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=64,
-                           train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data))
+                           train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data), recur_layers="")
     rt = tg.Runtime(0, 1, torch.device("cpu"), 1, False, tg.Logger(None))
     trainer = tg.Trainer(h, rt, tg.GPT(h))
     trainer.batch(), trainer.batch()  # two training batches of 4 windows of 64 (+1) tokens

@@ -173,3 +173,12 @@ def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled, recurren
     for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "ttt_step_ms"):
         assert fig[k] > 0, k
     assert fig["export_s"] >= 0  # logged to 0.1 s: a tiny export reads 0.0
+
+
+def test_the_warmdown_fraction_sets_the_lr_decay_and_the_qat_start_under_a_wall_clock(tmp_path, tiny_data):
+    """WARMDOWN_ITERS=0: the LR decays over WARMDOWN_FRAC of the (predicted) run, here 0.5 x 30
+    = 15 steps, so the multiplier (30 - step) / 15 first falls below QAT_THRESHOLD=0.5 at step 23."""
+    log = run_ok(tmp_path, tiny_data, WARMDOWN_ITERS=0, WARMDOWN_FRAC=0.5, QAT_THRESHOLD=0.5,
+                 MAX_WALLCLOCK_SECONDS=900, TTT_ENABLED=0)
+    assert "training clock: " in log and re.search(r"^step:30/30 train_loss", log, re.M)
+    assert re.search(r"qat: .* on at step 23 \(lr multiplier 0\.467\)", log)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 SMALL = dict(num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_hidden=128,
-             bigram_buckets=64, bigram_dim=16, ve_dim=16, train_seq_len=32, vocab_size=128)
+             bigram_buckets=64, bigram_dim=16, ve_dim=16, train_seq_len=32, vocab_size=128, recur_layers="")
 
 
 def small_model(tg, seed=0, **kw):
@@ -52,69 +52,151 @@ def test_bigram_buckets_in_range_and_first_position_reserved(tg):
     assert b[0, 5] == ((36313 * ids[0, 5].item()) ^ (27191 * ids[0, 4].item())) % 4095
 
 
-def test_unet_skip_wiring(tg):
-    assert tg.unet_skip_plan(11) == [(5, 4), (6, 3), (7, 2), (8, 1), (9, 0)]
-    model = small_model(tg, num_layers=11)
-    ins, outs = {}, {}
-    def record(i):
-        def hook(module, args, out):
-            ins[i], outs[i] = args[0], out
-        return hook
-    for i, blk in enumerate(model.blocks):
-        blk.register_forward_hook(record(i))
-    ids = torch.randint(0, 128, (1, 32))
-    model(ids, ids)
-    for j, (dec, enc) in enumerate(tg.unet_skip_plan(11)):
-        want = outs[dec - 1] + model.skip_weights[j] * outs[enc]
-        assert torch.allclose(ins[dec], want, atol=1e-6), (dec, enc)
-    assert torch.equal(ins[10], outs[9])  # the last block gets no skip
-
-
-def test_recurrence_reruns_its_layers_after_the_last_of_them_outside_the_skips(tg):
-    plan = tg.layer_plan(11, (4, 5))
-    assert [i for i, _ in plan] == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]
-    assert [i for i, first in plan if not first] == [4, 5] and tg.layer_plan(11, ()) == [(i, True) for i in range(11)]
-    for bad in ("4,6", "10,11", "x"):
-        with pytest.raises(tg.RunError):
-            tg.parse_recur(bad, 11)
-    model = small_model(tg, num_layers=11, recur_layers="4,5")
+def block_calls(model):
+    """Every block call in execution order: (layer, input x, output)."""
     calls = []
     for i, blk in enumerate(model.blocks):
         blk.register_forward_hook(lambda m, args, out, i=i: calls.append((i, args[0], out)))
+    return calls
+
+
+@pytest.mark.parametrize("gates", [0, 1])
+def test_unet_skip_wiring(tg, gates):
+    assert tg.unet_skip_plan(11) == [(5, 4), (6, 3), (7, 2), (8, 1), (9, 0)]
+    model = small_model(tg, num_layers=11, parallel_from=-1, skip_gates=gates)
+    calls = block_calls(model)
+    ids = torch.randint(0, 128, (1, 32))
+    model(ids, ids)
+    outs = [c[2] for c in calls]
+    for dec, enc in tg.unet_skip_plan(11):  # slot = the encoder pass
+        s = model.skip_weights[enc] * outs[enc]
+        want = torch.lerp(s, outs[dec - 1], torch.sigmoid(model.skip_gates[enc])) if gates else outs[dec - 1] + s
+        assert torch.allclose(calls[dec][1], want, atol=1e-6), (dec, enc)
+    assert torch.equal(calls[10][1], outs[9])  # the last block gets no skip
+
+
+def test_a_gate_at_zero_takes_half_the_skip_and_half_the_stream(tg):
+    model = tg.GPT(tg.Hyperparameters(**SMALL))
+    assert torch.equal(model.skip_gates, torch.zeros_like(model.skip_gates))  # the init
+    x, s = torch.randn(2, 8, 64), torch.randn(2, 8, 64)
+    with torch.no_grad():
+        model.skip_weights[1].uniform_(0.5, 2)
+    assert torch.allclose(model.add_skip(1, x, s), 0.5 * x + 0.5 * model.skip_weights[1] * s, atol=1e-6)
+
+
+def test_recurrence_reruns_its_layers_with_the_unet_over_all_13_passes(tg):
+    plan = tg.layer_plan(11, (4, 5))
+    assert plan == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10] and tg.layer_plan(11, ()) == list(range(11))
+    assert tg.unet_skip_plan(13) == [(6 + j, 5 - j) for j in range(6)]  # 6 encoder passes, 7 decoder
+    for bad in ("4,6", "10,11", "x"):
+        with pytest.raises(tg.RunError):
+            tg.parse_recur(bad, 11)
+    model = small_model(tg, num_layers=11, recur_layers="4,5", parallel_from=-1)
+    assert model.skip_weights.shape[0] == 5  # slot e = encoder pass e, so a slot keeps its layers at the switch
+    calls = block_calls(model)
     ids = torch.randint(0, 128, (1, 32))
     base = model(ids, ids)
     assert [c[0] for c in calls] == list(range(11))
     calls.clear()
     model.recur = True
     assert not torch.allclose(model(ids, ids), base)
-    assert [c[0] for c in calls] == [i for i, _ in plan]
+    assert [c[0] for c in calls] == plan
     out = [c[2] for c in calls]
-    assert torch.equal(calls[6][1], out[5]) and torch.equal(calls[7][1], out[6])  # repeats: no skip
-    assert torch.allclose(calls[5][1], out[4] + model.skip_weights[0] * out[4], atol=1e-6)  # block 5: block 4's first pass
-    assert torch.allclose(calls[8][1], out[7] + model.skip_weights[1] * out[3], atol=1e-6)  # block 6 after the repeat
+    assert torch.equal(calls[6][1], out[5])  # pass 6 (layer 4 again) would pair with pass 5, its neighbour: no slot
+    for p, e in tg.unet_skip_plan(13)[1:]:  # passes 7..11 <- encoder passes 4..0: the pairs of the plain plan
+        assert torch.allclose(calls[p][1], model.add_skip(e, out[p - 1], out[e]), atol=1e-6), p
+    assert [(plan[p], plan[e]) for p, e in tg.unet_skip_plan(13)[1:]] == tg.unet_skip_plan(11)  # the same layers
+    assert torch.equal(calls[12][1], out[11])
 
 
-def test_parallel_layers_feed_attention_and_mlp_the_same_input(tg):
-    model = small_model(tg, parallel_from=3)
-    assert [b.parallel for b in model.blocks] == [False, False, False, True, True]
+def test_two_lanes_attention_writes_one_and_the_mlp_the_other(tg):
+    model = small_model(tg, parallel_from=3)  # 5 layers: decoder 2..4, lanes from layer 3
+    assert tg.GPT(tg.Hyperparameters(**{**SMALL, "parallel_from": 3})).lane_merge.item() == 0.5  # the init
     seen = {}
     for i, blk in enumerate(model.blocks):
         for name in ("attn", "mlp"):
             getattr(blk, name).register_forward_pre_hook(lambda m, args, k=(i, name): seen.__setitem__(k, args[0]))
-    model(*(torch.randint(0, 128, (1, 32)),) * 2)
-    assert [torch.equal(seen[i, "attn"], seen[i, "mlp"]) for i in range(5)] == [False, False, False, True, True]
-    assert not any(b.parallel for b in small_model(tg).blocks)
+    ids = torch.randint(0, 128, (1, 32))
+    base = model(ids, ids)
+    first = dict(seen)
+    with torch.no_grad():  # attention after the split: the output changes, the MLP lane's inputs do not
+        model.blocks[3].attn.proj.weight.mul_(3), model.blocks[4].attn.proj.weight.mul_(3)
+    assert not torch.allclose(model(ids, ids), base)
+    assert torch.equal(seen[3, "mlp"], first[3, "mlp"]) and torch.equal(seen[4, "mlp"], first[4, "mlp"])
+    before = dict(seen)
+    with torch.no_grad():  # nor does the MLP after the split reach attention
+        model.blocks[3].mlp.down.weight.mul_(3)
+    model(ids, ids)
+    assert torch.equal(seen[4, "attn"], before[4, "attn"]) and not torch.allclose(seen[4, "mlp"], before[4, "mlp"])
+    with torch.no_grad():  # before the split attention reaches every later MLP
+        model.blocks[2].attn.proj.weight.mul_(3)
+    model(ids, ids)
+    assert not any(torch.allclose(seen[i, "mlp"], first[i, "mlp"]) for i in (2, 3, 4))
+    assert not hasattr(small_model(tg, parallel_from=-1), "lane_merge") and not hasattr(small_model(tg, parallel_from=5), "lane_merge")
+
+
+def test_equal_lanes_merge_to_one_residual_and_the_mlp_lane_weighs_1_minus_m(tg):
+    """Lanes from the last layer, whose attention is switched off: lane 0 is the stream at the
+    split and lane 1 that plus the MLP, so m*lane0 + (1-m)*lane1 = the one-lane model with its
+    MLP scaled by 1 - m (m = 0.5: the lanes are equal when the MLP is off too)."""
+    one, two = small_model(tg, parallel_from=-1), small_model(tg, parallel_from=4)
+    ids = torch.randint(0, 128, (2, 32))
+    for m, mlp in ((0.5, 0.0), (0.8, 1.0), (0.3, 1.0)):
+        two.load_state_dict({**one.state_dict(), "lane_merge": torch.tensor(m)})
+        with torch.no_grad():
+            for model, scale in ((one, (1 - m) * mlp), (two, mlp)):
+                blk = model.blocks[4]
+                blk.attn_scale.zero_(), blk.mlp_scale.fill_(scale), blk.resid_mix.copy_(torch.tensor([[1.0], [0.0]]))
+        assert torch.allclose(two(ids, ids), one(ids, ids), atol=1e-5), m
+
+
+def test_a_skip_after_the_split_feeds_both_lanes(tg):
+    model = small_model(tg, num_layers=11, parallel_from=7)  # lanes from pass 7; skips reach passes 8 and 9 after it
+    calls = []
+    for i in (7, 8):
+        model.blocks[i].register_forward_hook(lambda m, args, out, i=i: calls.append((i, args, out)))
+    enc = block_calls(model)
+    ids = torch.randint(0, 128, (1, 32))
+    model(ids, ids)
+    (_, _, (x7, lane7)), (_, args8, _) = calls
+    skip = enc[1][2]  # encoder pass 1's output: slot 1 feeds pass 8
+    assert torch.allclose(args8[0], model.add_skip(1, x7, skip), atol=1e-6)
+    assert torch.allclose(args8[5], model.add_skip(1, lane7, skip), atol=1e-6)
+
+
+def test_muon_eq_r_normalises_each_row_before_newton_schulz(tg):
+    G = torch.randn(3, 16, 8) * torch.rand(3, 16, 1) * 10
+    assert torch.allclose(tg.row_normalize(G).norm(dim=-1), torch.ones(3, 16), atol=1e-5)
+    torch.manual_seed(0)
+    g = torch.randn(16, 8) * torch.linspace(0.1, 5, 16)[:, None]
+    outs = []
+    for row_norm in (False, True):
+        p = torch.nn.Parameter(torch.zeros(16, 8))
+        p.grad = g.clone()
+        tg.Muon([p], lr=1.0, momentum=0.0, weight_decay=0.0, ns_steps=5, row_norm=row_norm).step()
+        want = -tg.zeropower_ns5((tg.row_normalize(g) if row_norm else g)[None], 5)[0].float() * 2 ** 0.5
+        assert torch.allclose(p.detach(), want, atol=1e-2)
+        outs.append(p.detach())
+    assert not torch.allclose(outs[0], outs[1], atol=1e-2)
+
+
+def test_warmdown_is_a_step_count_or_a_fraction_of_the_run(tg):
+    assert tg.warmdown_steps(tg.Hyperparameters(), 6000) == 4002  # default: 66.7% of the run
+    assert tg.warmdown_steps(tg.Hyperparameters(warmdown_iters=60), 200) == 60
 
 
 def test_default_model_is_the_spec_shape_with_16384_bigram_buckets(tg):
     with torch.device("meta"):
         model = tg.GPT(tg.Hyperparameters())
     n = sum(p.numel() for p in model.parameters())
-    assert n == 27_255_900 + (16384 - 4096) * 128  # SPEC §4 (4096 buckets) + the bytes spent on buckets
+    # SPEC §4 (4096 buckets) + the bytes spent on buckets + 5 skip gates + the lane merge
+    assert n == 27_255_900 + (16384 - 4096) * 128 + 5 * 512 + 1
 
 
-def test_model_compiles_without_graph_breaks(tg):
-    model = small_model(tg)
+@pytest.mark.parametrize("kw", [{}, {"parallel_from": 3, "recur_layers": "1,2"}])
+def test_model_compiles_without_graph_breaks(tg, kw):
+    model = small_model(tg, **kw)
+    model.recur = bool(kw)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     ids = torch.randint(0, 128, (2, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):

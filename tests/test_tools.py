@@ -172,11 +172,12 @@ def test_estimator_uses_measured_gpu_figures(tmp_path):
 
 
 def test_qat_steps_shorten_training_to_stay_in_the_wall_clock():
-    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0"})
+    fixed = {"RECUR_LAYERS": "", "WARMDOWN_ITERS": "3500"}
+    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", **fixed})
     plain = est.train_steps(0.1, 1.0, cfg)
     slow = est.train_steps(0.1, 1.5, cfg)
     assert plain in (5999, 6000) and plain - slow in (262, 263)  # 525 QAT steps at +50%: 262.5 steps' time
-    reserved = est.train_steps(0.1, 1.0, est.load_config(env={}))  # 2 s kept for GPTQ calibration
+    reserved = est.train_steps(0.1, 1.0, est.load_config(env=fixed))  # 2 s kept for GPTQ calibration
     assert plain - reserved in (19, 20, 21)
 
 
@@ -190,8 +191,8 @@ def test_calibration_estimate_fits_its_reserve_with_room():
 
 
 def test_recurrence_costs_its_extra_layers_from_the_switch_on():
-    plain = est.load_config(env={"GPTQ_CALIB_SEQS": "0"})
-    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "4,5", "RECUR_START_FRAC": "0.5"})
+    plain = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "", "WARMDOWN_ITERS": "3500"})
+    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "4,5", "RECUR_START_FRAC": "0.5", "WARMDOWN_ITERS": "3500"})
     fwd, _ = est.flops_per_token(cfg)
     fwd_r, _ = est.flops_per_token(cfg, recur=True)
     assert fwd == est.flops_per_token(plain)[0] and 1.15 < fwd_r / fwd < 2 / 11 + 1  # + 2 of 11 layers, not the head
@@ -228,6 +229,6 @@ def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     shared = [k for k in est.DEFAULTS if hasattr(h, k) and k != "iterations"]  # estimator: wall clock only
     assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
     with torch.device("meta"):
-        for env in ({}, {"VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096"}):
+        for env in ({}, {"VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
             n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
             assert est.total_params(est.load_config(env=env)) == n, env

@@ -7,7 +7,7 @@ from test_model import small_model
 
 L = 32
 SHAPE = dict(num_layers=3, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64, bigram_buckets=64,
-             bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128)
+             bigram_dim=8, ve_dim=8, train_seq_len=L, vocab_size=128, recur_layers="", parallel_from=2)
 
 
 def plan_coverage(plan, lo, hi, seq_len):

@@ -9,7 +9,8 @@ Model: forward FLOPs/token = 2 * matmul params + per layer 2*2*seq*d*0.5 (causal
 training FLOPs/token = 3 * forward. The MFU is calibrated on one published anchor
 (PR #549: the default shape at 83.4 ms/step, 786,432 tokens/step, 8xH100 SXM, FlashAttention-3).
 Three scenarios: optimistic (MFU x1.2), nominal (x1.0), pessimistic (x0.8, SDPA/FlashAttention-2
-instead of FA3, slower QAT steps). The last ~QAT_THRESHOLD x WARMDOWN_ITERS steps run late QAT.
+instead of FA3, slower QAT steps). The last ~QAT_THRESHOLD x warmdown steps run late QAT
+(warmdown: WARMDOWN_ITERS, or when 0 WARMDOWN_FRAC of the run).
 Compilation happens before both clocks (train_gpt.py primes every graph), so it costs no budget.
 With --gpu-check (bench/gpu_check.py's JSON from one H100), the nominal scenario uses those
 measured per-GPU figures scaled to 8 GPUs, and the pessimistic one adds 25%.
@@ -29,9 +30,10 @@ DEFAULTS = dict(
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
-    warmdown_iters=3500, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
+    warmdown_iters=0, warmdown_frac=0.667, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
-    recur_layers="", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
+    recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
+    parallel_from=7, skip_gates=1,
 )
 GPUS = 8
 PEAK_FLOPS = 989e12          # dense bf16 per H100 SXM
@@ -103,8 +105,9 @@ def total_params(cfg):
     d, L = cfg["model_dim"], cfg["num_layers"]
     ve = cfg["ve_layers"] > 0
     tables = cfg["bigram_buckets"] * cfg["bigram_dim"] + ve * cfg["vocab_size"] * cfg["ve_dim"]
-    vectors = L * (4 * d + cfg["num_heads"]) + (L // 2) * d + d       # mixes/gains, skips, smear
-    scalars = 1 + ve + min(cfg["ve_layers"], L)                       # bigram and VE scales, VE gains
+    skips = L // 2 * (1 + (cfg["skip_gates"] != 0))                     # U-Net skip weights (+ gates)
+    vectors = L * (4 * d + cfg["num_heads"]) + skips * d + d          # mixes/gains, skips, smear
+    scalars = 1 + ve + min(cfg["ve_layers"], L) + (0 <= cfg["parallel_from"] < L)  # bigram/VE scales, VE gains, lane merge
     return matmul_params(cfg) + tables + vectors + scalars
 
 
@@ -143,9 +146,10 @@ def anchor_mfu():
 
 
 def train_seconds(steps, step_s, qat_ratio, cfg, recur_ratio=1.0):
-    """Seconds of `steps` steps: the last ceil(QAT_THRESHOLD x WARMDOWN_ITERS) run QAT
-    (x qat_ratio), those from recur_start_frac x steps on run the recurrence (x recur_ratio)."""
-    q = min(steps, math.ceil(cfg["qat_threshold"] * cfg["warmdown_iters"]))
+    """Seconds of `steps` steps: the last ceil(QAT_THRESHOLD x warmdown) run QAT (x qat_ratio),
+    those from recur_start_frac x steps on run the recurrence (x recur_ratio)."""
+    warmdown = cfg["warmdown_iters"] if cfg["warmdown_iters"] > 0 else round(cfg["warmdown_frac"] * steps)
+    q = min(steps, math.ceil(cfg["qat_threshold"] * warmdown))
     rec = recur_count(cfg) and cfg["recur_start_frac"] < 1
     sw = max(0, math.ceil(cfg["recur_start_frac"] * steps)) if rec else steps
     a = steps - q  # the first QAT step
