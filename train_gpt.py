@@ -16,15 +16,12 @@ from torch import nn
 
 BYTE_CAP = 16_000_000  # decimal bytes: code + compressed model
 
-
 class RunError(Exception):
     """A bad input or a broken invariant: reported as one line, never a traceback."""
     shared = False  # True: every rank raises it alike, so rank 0 alone reports it
 
-
 class SharedError(RunError):
     shared = True
-
 
 # ----------------------------------------------------------------------------- hyperparameters
 # Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...);
@@ -69,6 +66,9 @@ class Hyperparameters:
     eval_stride: int = 64; eval_batch_seqs: int = 32
     ttt_enabled: int = 1; ttt_lr: float = 4e-4; ttt_epochs: int = 3; ttt_grad_clip: float = 1.0
     ttt_chunk_tokens: int = 32768; ttt_batch_seqs: int = 8; ttt_log_every: int = 1
+    ttt_mode: str = "lora"  # "lora": per-document LoRA TTT (doc-isolated); "chunk": the MLPs adapt on stream chunks
+    ttt_lora_rank: int = 64; ttt_lora_lr: float = 2e-4; ttt_lora_wd: float = 0.5; ttt_lora_chunk: int = 128  # tokens
+    ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W)
     compile: int = -1; flash_attn: int = 1  # -1: compile on CUDA only; FlashAttention-3 on CUDA when importable (0: SDPA)
     name: str = ""; author: str = ""; github_id: str = ""  # submission.json
 
@@ -84,7 +84,6 @@ class Hyperparameters:
                     raise RunError(f"{f.name.upper()}={v!r} is not a valid {type(f.default).__name__}")
         return cls(**kw)
 
-
 # ----------------------------------------------------------------------------- data & metric
 # Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Training reads windows at
 # random positions of all shards (diverse batches: PR #726 -> #1060 of the challenge's lineage).
@@ -92,13 +91,11 @@ class Hyperparameters:
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
 DATA_HINT = "(get FineWeb sp1024 with: python3 data/cached_challenge_fineweb.py --variant sp1024, from openai/parameter-golf)"
 
-
 def shard_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
         raise RunError(f"no shard files match {pattern} {DATA_HINT}")
     return files
-
 
 def check_shard(path: str) -> int:
     """Validates the header and size; returns the token count."""
@@ -113,11 +110,9 @@ def check_shard(path: str) -> int:
         raise RunError(f"corrupt shard {path}: header says {n} tokens but file is {size} bytes (expected {1024 + 2 * n})")
     return n
 
-
 def load_shard(path: str) -> np.ndarray:
     n = check_shard(path)
     return np.fromfile(path, dtype="<u2", count=n, offset=1024)
-
 
 class TrainLoader:
     """Windows of seq_len + 1 tokens at fixed positions of every (memory-mapped) train shard, in a
@@ -153,14 +148,12 @@ class TrainLoader:
                                        for j in ids]).astype(np.int64))
         return w[:, :-1], w[:, 1:]
 
-
 def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
     tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)])
     usable = (len(tokens) - 1) // seq_len * seq_len
     if usable <= 0:
         raise RunError(f"validation split {pattern} has {len(tokens)} tokens, fewer than one sequence of {seq_len}+1")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int64))
-
 
 def build_byte_luts(sp, vocab_size: int):
     """Per-token byte counts for val_bpb: (base_bytes, has_leading_space, is_boundary)."""
@@ -181,19 +174,16 @@ def build_byte_luts(sp, vocab_size: int):
             base[i] = len(piece.encode("utf-8"))
     return torch.from_numpy(base), torch.from_numpy(space), torch.from_numpy(boundary)
 
-
 def target_bytes(tokens: torch.Tensor, luts) -> torch.Tensor:
     """Bytes of each target tokens[1:] given its previous token."""
     base, space, boundary = (t.to(tokens.device) for t in luts)
     prev, tgt = tokens[:-1], tokens[1:]
     return base[tgt] + (space[tgt] & ~boundary[prev]).long()
 
-
 def bpb(nll: torch.Tensor, nbytes: torch.Tensor) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) from per-target nll and bytes; float64 sums."""
     total = nll.double().sum().item()
     return total / nll.numel(), total / (math.log(2) * nbytes.double().sum().item())
-
 
 # ----------------------------------------------------------------------------- int5 quantizer
 # One int5 code for QAT and export: per-row scale = clip/15 (fp16), q in [-15, 15], the clip
@@ -203,7 +193,6 @@ CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)  # QAT and lookup tables
 GPTQ_CLIP_FRACS = tuple(1.0 - 0.05 * i for i in range(11))  # export only: 1.0, 0.95, ..., 0.5
 GPTQ_DAMP = 0.05  # x mean diag(H); 0.05-0.1 beat 0.01 and 0.003 on the bench (bench/gptq_sweep.py)
 SCALE_EPS = 1e-6
-
 
 def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None,
                   fracs=CLIP_FRACS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,12 +207,11 @@ def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None,
     rows = torch.arange(w.size(0), device=w.device)
     return q[best, rows].to(torch.int8), scale[best, rows].half()
 
-
 def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int = 128,
               damp: float = GPTQ_DAMP) -> torch.Tensor:
-    """GPTQ at fixed row scales: columns rounded in order of decreasing diag(H), each one's
-    rounding error pushed onto the columns not yet rounded through the upper Cholesky factor
-    of H^-1 (H = X^T X of the layer's input, damped). Returns the int5 codes."""
+    """GPTQ at fixed row scales: columns rounded in order of decreasing diag(H), each one's rounding error
+    pushed onto the columns not yet rounded through the upper Cholesky factor of H^-1 (H = X^T X of the
+    layer's input, damped). Returns the int5 codes."""
     W, H = w.detach().float().clone(), H.detach().double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead], W[:, dead] = 1.0, 0.0
@@ -245,10 +233,8 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
         W[:, b:] -= E @ U[a:b, b:]
     return Q[:, torch.argsort(perm)].to(torch.int8)
 
-
 def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
-
 
 def prune_thresholds(ws: list[torch.Tensor], frac: float) -> torch.Tensor:
     """Per matrix, the `frac`-quantile of |w| (kthvalue; -1 when nothing is pruned). Matrices
@@ -264,22 +250,18 @@ def prune_thresholds(ws: list[torch.Tensor], frac: float) -> torch.Tensor:
             out[idx] = flat.kthvalue(k, dim=1).values
     return out
 
-
 def prune_below(w: torch.Tensor, thresh) -> torch.Tensor:
     """The exporter's magnitude pruning: zeroes every |w| <= thresh."""
     return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
-
 
 def fake_quant(w: torch.Tensor, thresh) -> torch.Tensor:
     """Straight-through prune + int5: forward sees the shipped weights, backward is identity."""
     return w + (dequantize_int5(*quantize_int5(prune_below(w.detach(), thresh))) - w).detach()
 
-
 # ----------------------------------------------------------------------------- model
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
 
 class QATMixin:
     """Late QAT: once `qat` is on, the forward sees the weight pruned at `qat_thresh` (set
@@ -292,17 +274,20 @@ class QATMixin:
     def qweight(self) -> torch.Tensor:
         return fake_quant(self.weight, self.qat_thresh) if self.qat else self.weight
 
-
 class CastedLinear(QATMixin, nn.Linear):
     def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
         super().__init__(fan_in, fan_out, bias=False)
         self.init_qat()
+        self.lora = None  # TTT adapters (A, B), one pair per row of the batch: attach_lora
         if zero_init:
             nn.init.zeros_(self.weight)
 
     def forward(self, x):
-        return F.linear(x, self.qweight().to(x.dtype))
+        return lora_add(F.linear(x, self.qweight().to(x.dtype)), x, self.lora)
 
+def lora_add(y: torch.Tensor, x: torch.Tensor, ab) -> torch.Tensor:
+    """y + x A B per row of the batch: A (rows, in, r), B (rows, r, out); ab None: y."""
+    return y if ab is None else y + (x @ ab[0].to(x.dtype)) @ ab[1].to(x.dtype)
 
 class QEmbedding(QATMixin, nn.Embedding):
     def __init__(self, num: int, dim: int, std: float):
@@ -313,12 +298,10 @@ class QEmbedding(QATMixin, nn.Embedding):
     def forward(self, ids):
         return F.embedding(ids, self.qweight())
 
-
 def bigram_buckets(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     """Hash of (previous, current) token; position 0 of each sequence gets bucket B-1."""
     h = torch.bitwise_xor(36313 * ids[..., 1:], 27191 * ids[..., :-1]) % (buckets - 1)
     return torch.cat([torch.full_like(ids[..., :1], buckets - 1), h], -1)
-
 
 class BigramHash(nn.Module):
     def __init__(self, buckets: int, dim: int, model_dim: int):
@@ -331,12 +314,10 @@ class BigramHash(nn.Module):
     def forward(self, ids):
         return self.scale * self.proj(self.table(bigram_buckets(ids, self.buckets)))
 
-
 def rope_tables(seq_len: int, rope_dims: int, base: float):
     inv = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
     f = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv)
     return f.cos(), f.sin()
-
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotates the first 2*cos.size(-1) dims of x (B,T,H,D); the rest pass through."""
@@ -346,16 +327,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., :h], x[..., h:2 * h]
     return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s, x[..., 2 * h:]], -1)
 
-
 try:
     from flash_attn_interface import flash_attn_func as flash_attn_3  # FlashAttention-3 (Hopper)
 except ImportError:
     flash_attn_3 = None
 
-
 def attention_kernel(device: torch.device, allow_fa3: bool = True) -> str:
     return "flash_attn_3" if allow_fa3 and flash_attn_3 is not None and device.type == "cuda" else "sdpa"
-
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                      allow_fa3: bool = True) -> torch.Tensor:
@@ -367,7 +345,6 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
                                        is_causal=True, scale=scale, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
 
-
 def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """XSA: remove from each head's output y (B,T,H,D) its component along the token's own
     value direction v (B,T,Hkv,D); head h uses KV head h // (H/Hkv)."""
@@ -375,7 +352,6 @@ def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     vn = F.normalize(v.float(), dim=-1).to(y.dtype).unsqueeze(3)  # (B,T,Hkv,1,D)
     y = y.view(B, T, v.size(2), H // v.size(2), D)
     return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
-
 
 class Attention(nn.Module):
     def __init__(self, h: Hyperparameters, xsa: bool, use_ve: bool):
@@ -404,7 +380,6 @@ class Attention(nn.Module):
             y = exclusive_self_attention(y, v)
         return self.proj(y.reshape(B, T, -1))
 
-
 class MLP(nn.Module):
     def __init__(self, d: int, hidden: int):
         super().__init__()
@@ -413,7 +388,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.down(F.leaky_relu(self.up(x), 0.5).square())
-
 
 class Block(nn.Module):
     def __init__(self, h: Hyperparameters, i: int):
@@ -435,13 +409,11 @@ class Block(nn.Module):
         y = y + self.mlp_scale * self.mlp(rms_norm(y) * self.in_scale)
         return y if lane is None else (x, y)
 
-
 def layer_plan(num_layers: int, recur: tuple[int, ...]) -> list[int]:
     """Layers in execution order: the `recur` layers run again right after the last of them.
     The U-Net is laid over these passes (virtual layers: 13 = 6 encoder + 7 decoder)."""
     end = recur[-1] + 1 if recur else num_layers
     return [*range(end), *recur, *range(end, num_layers)]
-
 
 def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
     try:
@@ -452,12 +424,10 @@ def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
         raise RunError(f"RECUR_LAYERS={spec!r} must be consecutive layers in 0..{num_layers - 1}")
     return r
 
-
 def unet_skip_plan(n_passes: int) -> list[tuple[int, int]]:
     """(decoder pass, encoder pass whose output it receives), by position in the layer plan."""
     enc = n_passes // 2
     return [(enc + j, enc - 1 - j) for j in range(min(enc, n_passes - enc))]
-
 
 class GPT(nn.Module):
     def __init__(self, h: Hyperparameters):
@@ -479,6 +449,7 @@ class GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(n_skip, d)) if h.skip_gates else None
         if 0 <= h.parallel_from < h.num_layers:  # the lanes' merge after the last layer: m*attention + (1-m)*MLP lane
             self.lane_merge = nn.Parameter(torch.tensor(0.5))
+        self.lora = None  # the output head's TTT adapters
         self.recur = False  # switched on during training (a second compiled graph, primed)
         if self.recur_layers:  # ...and saved with the weights: the artifact says how it ran
             self.register_buffer("recur_on", torch.zeros(1))
@@ -489,7 +460,7 @@ class GPT(nn.Module):
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduce: bool = True):
         emb = self.tok_emb.qweight()  # tied: fake-quantized once for the input and the logits
         x = self.hidden(ids, emb)
-        logits = F.linear(x, emb.to(x.dtype)).float()
+        logits = lora_add(F.linear(x, emb.to(x.dtype)), x, self.lora).float()
         logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
         nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
         return nll.mean() if reduce else nll.view(targets.shape)
@@ -521,11 +492,9 @@ class GPT(nn.Module):
         s = self.skip_weights[e].to(x.dtype) * skip  # gated: lerp(s, x, sigmoid(g)), half-half at g = 0
         return x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[e]).to(x.dtype))
 
-
 def quantized_modules(model: nn.Module) -> list[nn.Module]:
     """Every module whose 2-D weight ships as int5 (and sees QAT)."""
     return [m for m in model.modules() if isinstance(m, QATMixin)]
-
 
 @torch.no_grad()
 def set_qat(model: nn.Module, prune: float | None) -> None:
@@ -538,8 +507,13 @@ def set_qat(model: nn.Module, prune: float | None) -> None:
     for m in mods:
         m.qat = prune is not None
 
-
 # ----------------------------------------------------------------------------- optimizers
+
+def all_reduce(t: torch.Tensor, world: int, op=None) -> torch.Tensor:
+    """t reduced in place across the ranks (sum, or op) and returned; one process: t as is."""
+    if world > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
 
 def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
     """Newton-Schulz quintic orthogonalisation of a batch of matrices (B,R,C), in bf16."""
@@ -554,16 +528,13 @@ def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
         X = a * X + (b * A + c * A @ A) @ X
     return X.mT if tall else X
 
-
 def row_normalize(G: torch.Tensor) -> torch.Tensor:
     """MuonEq-R (PR #1260): each row of each matrix divided by its L2 norm."""
     return G / G.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(G.dtype)
 
-
 class Muon(torch.optim.Optimizer):
-    """Momentum + Nesterov, orthogonalised update, decoupled weight decay. Matrices of one
-    shape are batched; rank r orthogonalises every world-th of them, and one all-reduce
-    shares the updates."""
+    """Momentum + Nesterov, orthogonalised update, decoupled weight decay. Matrices of one shape are
+    batched; rank r orthogonalises every world-th of them, and one all-reduce shares the updates."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1, row_norm=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -593,11 +564,9 @@ class Muon(torch.optim.Optimizer):
                 u = self.ns(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
                 for k, i in enumerate(mine):
                     flat[offs[i]:offs[i + 1]] = u[k].flatten()
-            if self.world > 1:
-                dist.all_reduce(flat)
+            all_reduce(flat, self.world)
             for i, p in enumerate(ps):
                 p.mul_(1 - lr * group["weight_decay"]).add_(flat[offs[i]:offs[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
-
 
 def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fused: bool):
     muon_ids = {id(m.weight) for m in model.modules() if isinstance(m, CastedLinear)}
@@ -614,15 +583,12 @@ def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fuse
             g["base_lr"] = g["lr"]
     return [muon, adam]
 
-
 def warmdown_steps(h: Hyperparameters, total_steps: int) -> int:
     return h.warmdown_iters if h.warmdown_iters > 0 else round(h.warmdown_frac * total_steps)
-
 
 def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
     """1 until the last `warmdown` steps, then linear to 0 at total_steps."""
     return 1.0 if warmdown <= 0 else max(0.0, min(1.0, (total_steps - step) / warmdown))
-
 
 def predict_stop(step: int, elapsed_ms: float, plain_ms: float, qat_ms: float, wallclock_ms: float,
                  qat_steps: float, iterations: int, recur_frac: float = 1.0, recur_ratio: float = 1.0) -> int:
@@ -645,23 +611,16 @@ def predict_stop(step: int, elapsed_ms: float, plain_ms: float, qat_ms: float, w
         stop = new
     return stop
 
-
 def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) -> None:
     """Averages (or sums) gradients across ranks with one flat all-reduce; no grad = 0."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if world == 1:
-        return
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world if mean else 1
-    o = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[o:o + g.numel()].view_as(g)
-        o += g.numel()
-
+    if world > 1:
+        flat = all_reduce(torch.cat([p.grad.flatten() for p in params]), world)
+        flat = flat / world if mean else flat
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.view_as(p)
 
 # ----------------------------------------------------------------------------- artifact
 # Every QAT module weight becomes int5: GPTQ (clips chosen by diag(H)-weighted error) where a
@@ -672,7 +631,6 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
 ZSTD_LEVELS = (16,)  # level 16 won every measurement; bench: ZSTD_LEVELS=16,19,22
-
 
 def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: dict | None = None,
                    log=print) -> dict:
@@ -697,7 +655,6 @@ def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: d
         out[name] = ("int5", q, scale) if q is not None else ("int5", *quantize_int5(t))
     return out
 
-
 def pack_artifact(qstate: dict, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
     """The smallest zstd frame over `levels`; also returns {level: bytes}."""
     import zstandard
@@ -717,7 +674,6 @@ def pack_artifact(qstate: dict, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
         frames = dict(zip(levels, ex.map(lambda lv: zstandard.ZstdCompressor(level=lv, write_checksum=True).compress(blob), levels)))
     best = min(frames, key=lambda lv: len(frames[lv]))
     return frames[best], {lv: len(f) for lv, f in frames.items()}
-
 
 def unpack_artifact(data: bytes) -> dict:
     """Inverse of pack_artifact -> name -> fp32 tensor. Raises RunError on any corruption."""
@@ -753,7 +709,6 @@ def unpack_artifact(data: bytes) -> dict:
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise RunError(f"corrupt artifact container: {e}")
 
-
 @torch.no_grad()
 def collect_hessians(model: GPT, seqs: torch.Tensor, batch: int, world: int) -> dict:
     """X^T X / tokens of each int5 matrix's input over the calibration sequences of all ranks:
@@ -779,11 +734,8 @@ def collect_hessians(model: GPT, seqs: torch.Tensor, batch: int, world: int) -> 
             hk.remove()
         torch.backends.cuda.matmul.allow_tf32 = tf32
     for name in sorted(hs):
-        if world > 1:
-            dist.all_reduce(hs[name])
-        hs[name] /= seqs.numel() * world  # per token: comparable to a table's cost of 1
+        all_reduce(hs[name], world).div_(seqs.numel() * world)  # per token: comparable to a table's cost of 1
     return hs
-
 
 def prune_candidates(qstate: dict, hessians: dict | None):
     """Every +-1 symbol, cheapest first (cost of zeroing it: scale_row^2 * H_jj, H_jj = 1 for
@@ -803,7 +755,6 @@ def prune_candidates(qstate: dict, hessians: dict | None):
     order = torch.cat(cost).argsort(stable=True)  # ties in a fixed order: a reproducible artifact
     return names, torch.cat(owner)[order], torch.cat(pos)[order], torch.cat(plus)[order]
 
-
 def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
     out = dict(qstate)
     for k, name in enumerate(names):
@@ -813,7 +764,6 @@ def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
             q.view(-1)[idx] = 0
             out[name] = ("int5", q, qstate[name][2])
     return out
-
 
 def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float = 0.0,
                       hessians: dict | None = None, cap: int = BYTE_CAP, log=print,
@@ -855,7 +805,6 @@ def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: floa
         log(f"artifact over cap with {n} symbols zeroed: {code_bytes + size} > {cap}; refining")
     raise RunError(f"artifact cannot fit: {code_bytes + size} bytes > cap {cap} with {n} of {len(pos)} +-1 symbols zeroed")
 
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes via a temporary file renamed into place: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
@@ -870,7 +819,6 @@ def write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise RunError(f"cannot write {path}: {e}")
 
-
 def load_artifact_into(model: GPT, path: Path) -> GPT:
     """Replaces the model's weights by the artifact's, in place (compiled graphs stay valid)."""
     state = unpack_artifact(path.read_bytes())
@@ -880,17 +828,14 @@ def load_artifact_into(model: GPT, path: Path) -> GPT:
     model.load_state_dict(state)
     return model
 
-
 def recur_at_end(h: Hyperparameters) -> bool:
     """Whether the run switches its recurrence on (a run that stops early may not)."""
     return bool(parse_recur(h.recur_layers, h.num_layers)) and h.recur_start_frac < 1
-
 
 def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
     model = load_artifact_into(GPT(h), path).to(device)
     model.recur = bool(model.recur_layers and model.recur_on.item())
     return model
-
 
 # ----------------------------------------------------------------------------- evaluation & TTT
 # Target j is token j+1 predicted from tokens <= j. A window ending at e feeds tokens
@@ -905,7 +850,6 @@ def window_plan(lo: int, hi: int, seq_len: int, stride: int) -> list[tuple[int, 
         plan.append((end, e))
         e = end
     return plan
-
 
 def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: int,
                   lo: int, hi: int, rank: int, world: int, device) -> torch.Tensor:
@@ -924,10 +868,7 @@ def score_windows(model, tokens: torch.Tensor, plan, seq_len: int, batch_seqs: i
                 nll = model(toks[idx], toks[idx + 1], reduce=False).float()
             keep = idx >= w[:, 1:]
             out.index_put_(((idx - lo).clamp_min(0).flatten(),), (nll * keep).flatten(), accumulate=True)
-    if world > 1:
-        dist.all_reduce(out)
-    return out
-
+    return all_reduce(out, world)
 
 def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device) -> torch.Tensor:
     n = tokens.numel() - 1
@@ -935,28 +876,24 @@ def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device
     with torch.inference_mode():
         return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len, batch_seqs, 0, n, rank, world, device)
 
-
 def ttt_keep_adapting(elapsed: float, adapt_avg: float, score_avg: float, chunks_left: int, budget: float) -> bool:
     """Adapt once more only if that and scoring every remaining chunk fit in the budget."""
     return elapsed + adapt_avg + 1.1 * score_avg * chunks_left <= budget
-
 
 def ttt_params(model: GPT) -> list[nn.Parameter]:
     """The MLP matrices, selected by module identity."""
     return [p for blk in model.blocks for p in (blk.mlp.up.weight, blk.mlp.down.weight)]
 
-
 def set_trainable(model: GPT, params: list | None) -> None:
     """Only `params` get gradients (None: all). Adapting and scoring are separately primed graphs."""
-    chosen = {id(p) for p in params or model.parameters()}
+    chosen = {id(p) for p in (model.parameters() if params is None else params)}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
 
-
 def ttt_batch_plan(lo: int, hi: int, seq_len: int, batch_seqs: int, rank: int, world: int):
-    """This rank's share of each TTT step over the chunk's whole sequences, in one fixed shape:
-    (starts, weights), each (steps, ceil(batch_seqs / world)). A weight is 1/(tokens in the
-    step), 0 for padding, so gradients summed across ranks are the step's mean."""
+    """This rank's share of each TTT step over the chunk's whole sequences, in one fixed shape: (starts,
+    weights), each (steps, ceil(batch_seqs / world)). A weight is 1/(tokens in the step), 0 for padding,
+    so gradients summed across ranks are the step's mean."""
     starts = list(range(lo, hi - seq_len + 1, seq_len))
     per = -(-batch_seqs // world)
     S, W = [], []
@@ -966,7 +903,6 @@ def ttt_batch_plan(lo: int, hi: int, seq_len: int, batch_seqs: int, rank: int, w
         S.append(mine + [step[0]] * (per - len(mine)))
         W.append([1 / (len(step) * seq_len)] * len(mine) + [0.0] * (per - len(mine)))
     return torch.tensor(S, dtype=torch.long).view(-1, per), torch.tensor(W).view(-1, per)
-
 
 def ttt_step(run_model, tokens, starts, weights, params, opt, h: Hyperparameters, world: int) -> None:
     idx = starts[:, None] + torch.arange(h.train_seq_len, device=tokens.device)
@@ -978,26 +914,19 @@ def ttt_step(run_model, tokens, starts, weights, params, opt, h: Hyperparameters
     opt.step()
     opt.zero_grad(set_to_none=True)
 
-
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
-
 def reduce_max(rt, *values: float) -> list[float]:
     """The largest of each value over the ranks: inputs every rank decides on alike."""
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    if rt.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
+    return all_reduce(torch.tensor(values, dtype=torch.float64, device=rt.device), rt.world, dist.ReduceOp.MAX).tolist()
 
 def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
              nbytes: torch.Tensor, clock, log=print, budget: float | None = None) -> torch.Tensor:
-    """Score-first TTT: for each chunk, score it under inference_mode, then (except for the
-    last) adapt the MLP matrices on it. Returns per-target nll over the whole stream.
-    One host sync per chunk; the budget decision's inputs are reduced (max) across ranks,
-    so every rank decides alike."""
+    """Score-first TTT: for each chunk, score it under inference_mode, then (except for the last) adapt
+    the MLP matrices on it. Returns per-target nll over the whole stream. One host sync per chunk;
+    the budget decision's inputs are reduced (max) across ranks, so every rank decides alike."""
     L, C = h.train_seq_len, h.ttt_chunk_tokens
     n = tokens.numel() - 1
     n_chunks = math.ceil(n / C)
@@ -1022,11 +951,8 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
         score_t += t1 - t0
         score_avg = score_t / (c + 1)  # before the first adaptation is timed: priced from scoring (fwd+bwd = 3 fwd)
         adapt_avg = adapt_t / adapts if adapts else 3 * h.ttt_epochs * h.eval_stride / L * score_avg
-        stats = torch.cat([torch.tensor([t1, score_avg, adapt_avg],
-                                        dtype=torch.float64, device=device), sums])
-        if world > 1:
-            dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-        elapsed, score_avg, adapt_avg, nll_sum, byte_sum = stats.tolist()
+        stats = torch.cat([torch.tensor([t1, score_avg, adapt_avg], dtype=torch.float64, device=device), sums])
+        elapsed, score_avg, adapt_avg, nll_sum, byte_sum = all_reduce(stats, world, dist.ReduceOp.MAX).tolist()
         last = c == n_chunks - 1
         if adapting and not last and not ttt_keep_adapting(elapsed, adapt_avg, score_avg, n_chunks - c - 1, budget):
             adapting = False
@@ -1050,6 +976,97 @@ def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, ra
     log(f"ttt adapted {adapts}/{n_chunks} chunks: scoring {score_t:.1f}s, adapting {adapt_t:.1f}s in {steps} steps")
     return nll
 
+def doc_spans(tokens: torch.Tensor, n: int, bos: int = 1) -> list[tuple[int, int]]:
+    """Each document's targets [lo, hi): inputs from its BOS (or the stream's start) on; its
+    last target is the next document's BOS. Every target 0..n-1 lies in exactly one span."""
+    starts = [0] + ((tokens[1:n] == bos).nonzero().flatten() + 1).tolist()  # SPEC: a document is [BOS] + tokens
+    return list(zip(starts, starts[1:] + [n]))
+
+def lora_shapes(seq_len: int) -> list[int]:
+    return sorted({max(1, seq_len // 4), max(1, seq_len // 2), seq_len})
+
+def lora_batches(spans, seq_len: int, docs: int, world: int) -> list[tuple[int, int, list]]:
+    """Documents cut into segments (lo, hi, start) of <= 4L targets (start: the document's), longest
+    first, in global batches of one shape (W, R, segments): W the smallest of lora_shapes holding every
+    window, R = docs * L / W rows per rank (every shape: the same tokens per step); rank r takes [r::world]."""
+    segs = [(a, min(a + 4 * seq_len, hi), lo) for lo, hi in spans for a in range(lo, hi, 4 * seq_len)]
+    win = lambda s: next((w for w in lora_shapes(seq_len) if w >= s[1] - s[2]), seq_len)  # noqa: E731
+    order, out, i = sorted(segs, key=lambda s: (-win(s), s[0] - s[1])), [], 0
+    while i < len(order):
+        W = win(order[i])  # docs >= 1 and W <= L: R >= 1
+        out.append((W, docs * seq_len // W, [s for s in order[i:i + docs * seq_len // W * world] if win(s) == W]))
+        i += len(out[-1][2])
+    return out
+
+def lora_modules(model: GPT) -> list[nn.Module]:
+    """What TTT adapters attach to: every CastedLinear, and the model itself (the output head)."""
+    return [m for m in model.modules() if isinstance(m, CastedLinear)] + [model]
+
+def lora_init(model: GPT, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per adapted matrix a fixed A (uniform, +-1/sqrt(in)) and a zero B: alike for every document."""
+    g, dev, h = torch.Generator().manual_seed(0), model.rope_cos.device, model.h
+    return [(((torch.rand(i, rank, generator=g) * 2 - 1) / i ** 0.5).to(dev), torch.zeros(rank, o, device=dev)) for i, o in
+            [(m.in_features, m.out_features) for m in lora_modules(model)[:-1]] + [(h.model_dim, h.vocab_size)]]
+
+def attach_lora(model: GPT, init, rows: int) -> list[torch.Tensor]:
+    """Fresh trainable adapters for `rows` documents, returned (init None: detached)."""
+    mods = lora_modules(model)
+    for m, ab in zip(mods, init or [None] * len(mods)):
+        m.lora = None if ab is None else tuple(t.expand(rows, *t.shape).clone().requires_grad_() for t in ab)
+    return [t for m in mods for t in m.lora or ()]
+
+def lora_batch(run_model, model: GPT, tokens, nll, spans, W: int, R: int, K: int, init, h: Hyperparameters,
+               adapt) -> None:
+    """Chunks 0..K-1 of R segments (padded with empty ones), a step each: each row's chunk scored in a window of
+    its document's last W tokens, then, while adapt(k), one AdamW step on the chunks' loss (not a segment's last)."""
+    n, c, dev = nll.numel(), h.ttt_lora_chunk, tokens.device
+    lo, m, s0 = torch.tensor([[a, b - a, d] for a, b, d in spans] + [[0, 0, 0]] * (R - len(spans)), device=dev).T
+    opt = torch.optim.AdamW(attach_lora(model, init, R), lr=h.ttt_lora_lr, betas=(0.0, 0.999), weight_decay=h.ttt_lora_wd)
+    model.train(), set_trainable(model, [])  # the adapters alone get gradients
+    for k in range(K):
+        t0, t1 = lo + k * c, lo + torch.clamp(m, max=(k + 1) * c)  # this chunk's targets; empty once done
+        idx = torch.maximum(s0, t1 - W)[:, None] + torch.arange(W, device=dev)  # the window's target indices
+        keep = (idx >= t0[:, None]) & (idx < t1[:, None])
+        ids = idx.clamp(max=n - 1)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            out = run_model(tokens[ids], tokens[ids + 1], reduce=False).float()
+        nll.index_put_((ids.flatten(),), torch.where(keep, out.detach(), 0.0).flatten(), accumulate=True)
+        if k + 1 < K and adapt(k):  # K: the global batch's; a row without a later chunk weighs 0
+            train = keep & ((k + 1) * c < m)[:, None]
+            ((out * train).sum(1) / train.sum(1).clamp_min(1)).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    attach_lora(model, None, 0), set_trainable(model, None)
+
+def eval_lora(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
+              nbytes: torch.Tensor, clock, log=print, budget: float | None = None) -> torch.Tensor:
+    """Per-document score-first LoRA TTT: each document scored alone (context from itself only), chunk by
+    chunk, by adapters trained on its earlier chunks only, fresh per batch. The guard's inputs are reduced
+    (max) across ranks at every 8th step of each batch: all stop alike. Per-target nll (nbytes: unused)."""
+    n, c, budget = tokens.numel() - 1, h.ttt_lora_chunk, h.max_eval_seconds if budget is None else budget
+    tokens, batches = tokens.to(device), lora_batches(doc_spans(tokens, n), h.train_seq_len, h.ttt_lora_docs, world)
+    before = np.cumsum([0] + [-(-(docs[0][1] - docs[0][0]) // c) for _, _, docs in batches]).tolist()  # steps
+    nll, init, t_start, st = torch.zeros(n, device=device), lora_init(model, h.ttt_lora_rank), clock(), [h.ttt_epochs > 0, 0]
+
+    def adapt(b: int, k: int) -> bool:  # called alike on every rank
+        done = before[b] + k
+        if st[0] and k % 8 == 0 and done:
+            sync(device)
+            t = torch.tensor([clock(), (clock() - t_start) / done], dtype=torch.float64, device=device)
+            el, rate = all_reduce(t, world, dist.ReduceOp.MAX).tolist()  # s per adapting step; scoring: half
+            if el + 8 * rate + 0.5 * rate * (before[-1] - done) > budget:
+                st[0] = False
+                log(f"ttt budget: stopped adapting at batch {b + 1}/{len(batches)} step {k}, elapsed {el:.1f}s; scoring the rest")
+        st[1] += st[0]
+        return st[0]
+
+    for b, (W, R, docs) in enumerate(batches):
+        lora_batch(run_model, model, tokens, nll, docs[rank::world], W, R, before[b + 1] - before[b], init, h,
+                   lambda k: adapt(b, k))
+        if h.ttt_log_every > 0 and ((b + 1) % h.ttt_log_every == 0 or b == len(batches) - 1):
+            log(f"ttt_lora [{b + 1}/{len(batches)}] window {W} rows {R} steps {before[b + 1] - before[b]} time={clock():.1f}s")
+    log(f"ttt lora: {len(batches)} batches, {before[-1]} steps, {st[1]} adapting, {clock() - t_start:.1f}s")
+    return all_reduce(nll, world)  # each rank scored its own documents
 
 # ----------------------------------------------------------------------------- main
 # Phases: setup -> prime (compile every graph on training tokens, then undo) -> train (the
@@ -1067,25 +1084,17 @@ class Logger:
             with open(self.path, "a") as f:
                 f.write(msg + "\n")
 
-
 def make_clock():
     """Seconds since this call."""
     return lambda t0=time.perf_counter(): time.perf_counter() - t0
 
-
 def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
-
 @dataclass
 class Runtime:
-    rank: int
-    world: int
-    device: torch.device
-    accum: int
-    compile: bool
-    log: Logger
-
+    rank: int; world: int; device: torch.device
+    accum: int; compile: bool; log: Logger
 
 def shared_outcome(rt: Runtime, fn, rank0_only: bool = False):
     """fn() on every rank (or rank 0 only; its value is shared); an exception of any type on any
@@ -1105,14 +1114,12 @@ def shared_outcome(rt: Runtime, fn, rank0_only: bool = False):
         raise SharedError(err)
     return out
 
-
 def one_line(e: Exception) -> str:
     """The error line of an exception; an unexpected one also prints its traceback."""
     if isinstance(e, RunError):
         return str(e)
     traceback.print_exc()
     return f"{type(e).__name__}: {e}"
-
 
 def preflight(h: Hyperparameters, world: int, accum: int) -> None:
     """What the run needs, checked on every rank before any work, so a problem costs seconds."""
@@ -1127,6 +1134,7 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
         (not h.ttt_chunk_tokens >= L >= h.eval_stride > 0, "need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
+        (h.ttt_mode not in ("lora", "chunk") or min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, f"need TTT_MODE=lora or chunk (got {h.ttt_mode!r}), TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1")]:
         if bad:
@@ -1143,13 +1151,11 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
     if shutil.disk_usage(h.out_dir).free < 3 * h.byte_cap:
         raise RunError(f"OUT_DIR {h.out_dir} has {shutil.disk_usage(h.out_dir).free} bytes free, fewer than 3 x BYTE_CAP")
 
-
 def parse_levels(spec: str) -> tuple[int, ...]:
     levels = tuple(map(int, spec.split(","))) if re.fullmatch(r"\d+(,\d+)*", spec) else ()
     if not levels or not all(1 <= lv <= 22 for lv in levels):
         raise RunError(f"ZSTD_LEVELS={spec!r} must be zstd levels 1..22, comma-separated")
     return levels
-
 
 def fullgraph_error(fn, *args) -> str | None:
     """None if fn(*args) compiles as one graph and runs, else why not (one line)."""
@@ -1157,7 +1163,6 @@ def fullgraph_error(fn, *args) -> str | None:
         torch.compile(fn, fullgraph=True, dynamic=False)(*args)
     except Exception as e:
         return f"{type(e).__name__}: {(str(e) or '?').splitlines()[0][:200]}"
-
 
 def setup(h: Hyperparameters) -> Runtime:
     distributed = "RANK" in os.environ
@@ -1188,7 +1193,6 @@ def setup(h: Hyperparameters) -> Runtime:
     np.random.seed(h.seed)
     return rt
 
-
 def load_data(h: Hyperparameters, rt: Runtime):
     """Validation tokens and their target bytes, on the device."""
     import sentencepiece as spm
@@ -1203,7 +1207,6 @@ def load_data(h: Hyperparameters, rt: Runtime):
     rt.log(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
     return val_tokens, val_bytes
 
-
 class Trainer:
     """The compiled training step, the priming of every graph, and the wall-clocked loop."""
 
@@ -1211,8 +1214,8 @@ class Trainer:
         self.h, self.rt, self.model = h, rt, model
         self.params = list(model.parameters())
         self.optimizers = build_optimizers(model, h, rt.rank, rt.world, fused=rt.device.type == "cuda")
-        if rt.compile:  # with recurrence, 8 graphs of GPT.forward (+-recurrence x QAT, eval, TTT) reach dynamo's 8
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+        if rt.compile:  # with recurrence, up to 12 graphs of GPT.forward (+-recurrence x QAT, eval, 3 LoRA shapes)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
             self.optimizers[0].ns = torch.compile(zeropower_ns5, dynamic=False)
         self.run_model = torch.compile(model, fullgraph=True, dynamic=False) if rt.compile else model
         self.loader = TrainLoader(os.path.join(h.data_path, "fineweb_train_*.bin"), h.train_seq_len, h.seed)
@@ -1271,15 +1274,19 @@ class Trainer:
             times[ph].append(self.elapsed_ms(t0))
         set_qat(model, None)
         toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
-        params, per = ttt_params(model), -(-h.ttt_batch_seqs // rt.world)
+        params, per, L = ttt_params(model), -(-h.ttt_batch_seqs // rt.world), h.train_seq_len
+        lora = h.ttt_enabled and h.ttt_mode == "lora"
         for model.recur in recs:  # eval as trained (or, stopped before the switch, without it)
-            eval_sliding(self.run_model, toks, h.train_seq_len, h.train_seq_len, h.eval_batch_seqs, 0, 1, rt.device)
-            model.train()
-            set_trainable(model, params)
-            ttt_step(self.run_model, toks, torch.zeros(per, dtype=torch.long, device=rt.device),
-                     torch.full((per,), 1.0 / h.train_seq_len, device=rt.device), params,
-                     torch.optim.AdamW(params), h, 1)
-            set_trainable(model, None)
+            eval_sliding(self.run_model, toks, L, L, h.eval_batch_seqs, 0, 1, rt.device)
+            for W in lora_shapes(L) if lora else ():  # per shape a step with a backward, and one without
+                lora_batch(self.run_model, model, toks, torch.zeros(L, device=rt.device), [(0, W, 0)], W,
+                           h.ttt_lora_docs * L // W, min(2, -(-W // h.ttt_lora_chunk)),
+                           lora_init(model, h.ttt_lora_rank), h, lambda k: True)
+            if h.ttt_enabled and not lora:
+                model.train(), set_trainable(model, params)
+                ttt_step(self.run_model, toks, torch.zeros(per, dtype=torch.long, device=rt.device),
+                         torch.full((per,), 1.0 / L, device=rt.device), params, torch.optim.AdamW(params), h, 1)
+                set_trainable(model, None)
         model.recur = False
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
@@ -1338,10 +1345,7 @@ class Trainer:
                                            math.inf if qat_from is not None else qat_steps, h.iterations,
                                            h.recur_start_frac if pending else 1.0, recur_ratio)
             if log_now:
-                if rt.world > 1:
-                    dist.all_reduce(loss)
-                    loss /= rt.world
-                loss_v = loss.item()
+                loss_v = all_reduce(loss, rt.world).item() / rt.world
                 if not math.isfinite(loss_v):
                     raise SharedError(f"non-finite training loss at step {step}")
                 log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
@@ -1370,7 +1374,6 @@ class Trainer:
         hs = collect_hessians(self.model, x.to(rt.device), h.eval_batch_seqs, rt.world)
         return hs, self.elapsed_ms(t0)
 
-
 def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int,
            hessians: dict | None) -> tuple[int, dict]:
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
@@ -1382,7 +1385,6 @@ def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_byt
         return len(blob), info
     return shared_outcome(rt, write, rank0_only=True)
 
-
 def scored(log, name: str, loss_bpb: tuple[float, float], extra: str = "") -> tuple[float, float]:
     """Logs a final score; a non-finite one is an error (never a record)."""
     loss, b = loss_bpb
@@ -1390,7 +1392,6 @@ def scored(log, name: str, loss_bpb: tuple[float, float], extra: str = "") -> tu
         raise SharedError(f"{name} is not finite (val_loss {loss}, val_bpb {b}): no record written")
     log(f"{name} val_loss:{loss:.8f} val_bpb:{b:.8f}{extra}")
     return loss, b
-
 
 def main() -> None:
     h = Hyperparameters.from_env()
@@ -1402,11 +1403,10 @@ def main() -> None:
     trainer = shared_outcome(rt, lambda: Trainer(h, rt, model))
     run_model = trainer.run_model
 
-    def validate() -> tuple[float, float]:
+    def validate() -> tuple[float, float]:  # the standard eval: non-overlapping windows
         set_qat(model, None)
         L = h.train_seq_len
-        nll = eval_sliding(run_model, val_tokens, L, L, h.eval_batch_seqs, rt.rank, rt.world, device)
-        return bpb(nll, val_bytes)
+        return bpb(eval_sliding(run_model, val_tokens, L, L, h.eval_batch_seqs, rt.rank, rt.world, device), val_bytes)
 
     artifact = Path(h.out_dir) / "final_model.int5.ptz"
     for f in (artifact.name, "submission.json", "train.log") if rt.rank == 0 else ():
@@ -1417,9 +1417,9 @@ def main() -> None:
     steps, train_ms = trainer.train(ratios, validate)
     hessians, calib_ms = trainer.calibrate()
     violations = []
+    violate = lambda msg: (violations.append(msg), log("error: " + msg))  # noqa: E731
     if 0 < h.max_wallclock_seconds < (train_ms + calib_ms) / 1000:
-        violations.append(f"training + calibration took {(train_ms + calib_ms) / 1000:.1f}s > MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds:g}")
-        log("error: " + violations[-1])
+        violate(f"training + calibration took {(train_ms + calib_ms) / 1000:.1f}s > MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds:g}")
     log(f"training done: {steps} steps, train_time:{train_ms:.0f}ms gptq_calibration:{calib_ms:.0f}ms "
         f"({h.gptq_calib_seqs} training seqs) total:{train_ms + calib_ms:.0f}ms")
     if device.type == "cuda":
@@ -1446,19 +1446,20 @@ def main() -> None:
     sl_loss, sl_bpb = scored(log, "final_sliding_exact", bpb(nll, val_bytes), f" time:{sl_s:.1f}s eval_time:{clock():.1f}s")
     final_loss, final_bpb, ttt_bpb = sl_loss, sl_bpb, None
     now, sl_s = reduce_max(rt, clock(), sl_s)  # every rank decides alike
+    sl_s *= max(1.0, h.eval_stride / h.ttt_lora_chunk) if h.ttt_mode == "lora" else 1.0  # LoRA scores W/c <= L/c tokens a target
     ttt_on = bool(h.ttt_enabled) and now + 1.1 * sl_s <= budget
     if h.ttt_enabled and not ttt_on:
         log(f"ttt skipped: {now:.1f}s + scoring (~{sl_s:.1f}s) would pass the {budget:g}s eval budget; the score is the sliding one")
     if ttt_on:
-        nll = eval_ttt(model, run_model, val_tokens, h, rt.rank, rt.world, device, val_bytes, clock, log, budget)
+        nll = (eval_lora if h.ttt_mode == "lora" else eval_ttt)(model, run_model, val_tokens, h, rt.rank, rt.world,
+                                                                device, val_bytes, clock, log, budget)
         final_loss, final_bpb = scored(log, "legal_ttt_exact", bpb(nll, val_bytes))
         ttt_bpb = final_bpb
         log(f"ttt_gain:{sl_bpb - final_bpb:.6f}")
     eval_s = reduce_max(rt, clock())[0]  # the slowest rank's: every rank decides on it alike
     log(f"eval_time:{eval_s:.1f}s train_time:{train_ms / 1000:.1f}s")
     if eval_s > h.max_eval_seconds:
-        violations.append(f"evaluation took {eval_s:.1f}s > MAX_EVAL_SECONDS={h.max_eval_seconds:g}")
-        log("error: " + violations[-1])
+        violate(f"evaluation took {eval_s:.1f}s > MAX_EVAL_SECONDS={h.max_eval_seconds:g}")
     log(f"recompiles after priming: {int(reduce_max(rt, compiled_graphs() - primed)[0])} (any rank)")
 
     # ---- the record (flagged, and the run fails, if it broke a time limit)
@@ -1468,7 +1469,7 @@ def main() -> None:
         sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, int5 "
                          f"{'GPTQ' if hessians else 'RTN'} + zstd, sliding eval stride {h.eval_stride}"
-                         + (", score-first TTT" if ttt_on else "") + f"; {rt.world}x {dev}",
+                         + (f", score-first {h.ttt_mode} TTT" if ttt_on else "") + f"; {rt.world}x {dev}",
                    date=time.strftime("%Y-%m-%d", time.gmtime()), val_bpb=r8(final_bpb), val_loss=r8(final_loss),
                    bytes_total=code_bytes + model_bytes, bytes_code=code_bytes, bytes_model=model_bytes,
                    rule_violations=violations, steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2),
@@ -1482,7 +1483,6 @@ def main() -> None:
     shared_outcome(rt, record, rank0_only=True)
     if violations:
         raise SharedError("; ".join(violations) + " (the record says so)")
-
 
 if __name__ == "__main__":
     try:

@@ -3,7 +3,7 @@
 Runs train_gpt.py on random-token shards (timings do not depend on the text) for a short,
 fixed schedule, then prints (and writes as JSON) what it measured: ms per 786,432-token step
 plain, with the recurrence (when configured) and with QAT (on top of it), peak memory, the attention kernel, recompiles after priming, eval
-tokens/s of the standard and the stride-64 sliding pass, ms per TTT step, export seconds.
+tokens/s of the standard and the stride-64 sliding pass, ms per TTT step (chunked or LoRA), export seconds.
 `python3 tools/estimate_h100.py --gpu-check OUT/gpu_check.json` then uses these figures.
 Meant for one H100 and <= 8 minutes:  python3 bench/gpu_check.py [OUT_DIR]
 """
@@ -44,6 +44,7 @@ def figures(log: str, wall_s: float) -> dict:
     plain_to = rec_at if rec_at is not None and rec_at < qat_at else qat_at
     val = num(r"^val_tokens:(\d+)", int)
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
+    lora = re.search(r"^ttt lora: \d+ batches, (\d+) steps, \d+ adapting, ([\d.]+)s", log, re.M)
     return dict(
         device=num(r"device:(.+?) compile:", str), attention=num(r"attention:(\S+)", str),
         step_ms=steps[plain_to] / plain_to,
@@ -54,6 +55,7 @@ def figures(log: str, wall_s: float) -> dict:
         standard_eval_tok_s=val / num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"),
         sliding_eval_tok_s=val / num(r"^final_sliding_exact .* time:([\d.]+)s"),
         ttt_step_ms=1000 * float(ttt.group(1)) / int(ttt.group(2)) if ttt else None,
+        lora_step_ms=1000 * float(lora.group(2)) / int(lora.group(1)) if lora else None,  # TTT_LORA_DOCS x L tokens
         export_s=num(r"export_time:([\d.]+)s"),
         gptq_calibration_ms=num(r"gptq_calibration:(\d+)ms", int),  # 1 GPU: all GPTQ_CALIB_SEQS on it
         startup_and_priming_s=wall_s - num(r"^eval_time:([\d.]+)s", float) - num(r"train_time:([\d.]+)s$"),

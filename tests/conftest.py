@@ -39,7 +39,8 @@ TINY = dict(NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", MLP
             TRAIN_BATCH_TOKENS="1024", ITERATIONS="30", WARMDOWN_ITERS="10", WARMUP_STEPS="0",
             MAX_WALLCLOCK_SECONDS="0", TTT_CHUNK_TOKENS="2048", EVAL_STRIDE="32", TRAIN_LOG_EVERY="1",
             SEED="7", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8", COMPILE="0",
-            PARALLEL_FROM="3", RECUR_LAYERS="")  # two lanes in the last layer; recurrence where a test asks
+            PARALLEL_FROM="3", RECUR_LAYERS="",  # two lanes in the last layer; recurrence where a test asks
+            TTT_LORA_CHUNK="32", TTT_LORA_DOCS="8", TTT_LORA_RANK="8")
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def test_a_hessian_that_cannot_be_factored_falls_back_and_the_run_completes(tmp_
 
 
 def test_a_non_finite_score_is_an_error_not_a_record(tmp_path, tiny_data):
-    r = run_script(tmp_path, tiny_data, TTT_LR=1e30, TTT_EPOCHS=1)  # TTT diverges: NaN scores
+    r = run_script(tmp_path, tiny_data, TTT_LORA_LR=1e30)  # TTT diverges: NaN scores
     assert r.returncode != 0
     (line,) = error_lines(r)
     assert "legal_ttt_exact is not finite" in line and "Traceback" not in r.stderr
@@ -117,8 +117,8 @@ def test_training_over_the_wall_clock_is_an_error_in_the_log_and_the_record(tmp_
 
 
 def test_the_eval_guard_keeps_the_score_inside_the_budget_minus_the_margin(tmp_path, tiny_data):
-    budget = 30.0  # the passes before TTT take ~6 s here; a full TTT of 60 epochs a chunk, minutes
-    r = run_script(tmp_path, tiny_data, MAX_EVAL_SECONDS=600, EVAL_MARGIN_SECONDS=600 - budget, TTT_EPOCHS=60)
+    budget = 30.0  # the passes before TTT take ~6 s here; LoRA TTT, 16-token chunks on 2 rows, ~a minute
+    r = run_script(tmp_path, tiny_data, MAX_EVAL_SECONDS=600, EVAL_MARGIN_SECONDS=600 - budget, TTT_LORA_CHUNK=16, TTT_LORA_DOCS=2)
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "train.log").read_text()
     assert float(re.search(r"^final_sliding_exact .* eval_time:([\d.]+)s", log, re.M).group(1)) < budget / 2

@@ -158,9 +158,11 @@ def test_plot_writes_png(tmp_path):
 
 def test_estimator_uses_measured_gpu_figures(tmp_path):
     m = dict(step_ms=800.0, qat_step_ms=1000.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1.5e5,
-             ttt_step_ms=80.0, export_s=30.0)
+             ttt_step_ms=80.0, export_s=30.0, lora_step_ms=250.0)
     r = est.estimate(est.load_config(env={}), m)
     nom, pes = r["scenarios"][1], r["scenarios"][2]
+    assert nom["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25)
+    assert pes["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25 * est.MEASURED_PESSIMISM)
     assert nom["step_ms"] == pytest.approx(800.0 / 8 * est.MULTI_GPU_OVERHEAD)
     assert nom["qat_ratio"] == pytest.approx(1.25) and pes["step_ms"] > nom["step_ms"]
     assert nom["eval_parts_s"]["sliding_pass"] == pytest.approx(62021632 / 1.5e5 / 8 * est.MULTI_GPU_OVERHEAD)
@@ -232,3 +234,23 @@ def test_estimator_defaults_and_parameter_count_match_the_script(tg):
         for env in ({}, {"VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
             n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
             assert est.total_params(est.load_config(env=env)) == n, env
+
+
+def test_lora_eval_estimate_follows_the_scripts_plan_and_fits():
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import load_tg
+    tg = load_tg()
+    cfg = est.load_config(env={"TRAIN_SEQ_LEN": "64", "TTT_LORA_CHUNK": "16", "TTT_LORA_DOCS": "3"})
+    lengths = [5, 700, 64, 17, 300, 16, 33, 2, 129, 90, 48, 256, 1]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    spans = [(a, a + m) for a, m in zip(starts, lengths)]
+    for world in (1, 2, 8):
+        plan = [(W, R, -(-(d[0][1] - d[0][0]) // 16)) for W, R, d in tg.lora_batches(spans, 64, 3, world)]
+        assert est.lora_plan(cfg, world, lengths) == plan
+    lens = est.doc_lengths(62021632)
+    assert len(lens) == 50_000 and abs(sum(lens) - 62021632) < 100 and max(lens) == 123566
+    assert 700 < sorted(lens)[25_000] < 800 and 0.1 < sum(x > 2048 for x in lens) / 50_000 < 0.2  # ~14% (PR #1354)
+    r = est.estimate(est.load_config(env={}))
+    assert r["ttt_steps"] == sum(k for _, _, k in r["lora_plan"]) and r["scenarios"][2]["eval_s"] <= est.EVAL_TARGET_S
+    chunked = est.estimate(est.load_config(env={"TTT_MODE": "chunk"}))
+    assert "ttt_training" in chunked["eval_flops"] and "lora_ttt" not in chunked["eval_flops"]

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -132,3 +133,128 @@ def test_stop_prediction_prices_qat_steps_before_and_after_a_late_switch(tg, fra
     cost = lambda n: sum((2000 if i >= n - 100 else 1000) * (1.5 if i >= math.ceil(frac * n) else 1)  # noqa: E731
                          for i in range(n))
     assert cost(stop) <= 1_000_000 < cost(stop + 2)
+
+
+# ---- per-document LoRA TTT (TTT_MODE=lora)
+
+def doc_tokens(lengths, seed=5):
+    """A stream of documents [BOS] + tokens (ids 2..127) of the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.cat([torch.tensor([1]), torch.randint(2, 128, (m - 1,), generator=g)]) for m in lengths])
+
+
+LENGTHS = [40, 5, 70, 9, 17, 33, 120, 2, 26, 300, 60]  # > L, < chunk + 1, one token, > 4L (3 segments), ...
+
+
+def run_lora(tg, tokens, model=None, world=1, rank=0, **kw):
+    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_lora_lr=0.05,
+                                              ttt_log_every=0), **kw})
+    model = model or small_model(tg, **SHAPE)
+    logs = []
+    nll = tg.eval_lora(model, model, tokens, h, rank, world, torch.device("cpu"), torch.ones(tokens.numel() - 1),
+                       lambda: 0.0, logs.append)
+    return nll, logs
+
+
+def test_documents_and_lora_batches_cover_every_target_once(tg):
+    tokens = doc_tokens(LENGTHS)
+    n = tokens.numel() - 1
+    spans = tg.doc_spans(tokens, n)
+    assert [hi - lo for lo, hi in spans] == LENGTHS[:-1] + [LENGTHS[-1] - 1]  # the stream's last token is no target
+    assert all(tokens[lo] == 1 for lo, _ in spans) and spans[0][0] == 0 and spans[-1][1] == n
+    for world in (1, 2, 3):
+        batches = tg.lora_batches(spans, L, 2, world)
+        segs = sorted(s for _, _, docs in batches for s in docs)
+        cover = torch.zeros(n, dtype=torch.long)
+        for lo, hi, start in segs:
+            cover[lo:hi] += 1
+            assert hi - lo <= 4 * L and start <= lo and any(a == start and hi <= b for a, b in spans)
+        assert (cover == 1).all()
+        assert len(segs) == len(spans) + 2  # the 300-token document: segments of 128, 128, 44
+        for W, R, docs in batches:
+            assert W in tg.lora_shapes(L) and R == 2 * L // W and len(docs) <= R * world
+            assert all(hi - start <= W for _, hi, start in docs) or W == L
+
+
+def test_lora_ttt_is_causal_and_document_isolated(tg):
+    tokens = doc_tokens(LENGTHS)
+    base, _ = run_lora(tg, tokens)
+    spans = tg.doc_spans(tokens, tokens.numel() - 1)
+    (lo, hi), (lo9, hi9) = spans[6], spans[9]  # 120 tokens: windows slide; 300: three segments
+    for p, lo, hi in [(lo + 3, lo, hi), (lo + 50, lo, hi), (lo + 100, lo, hi), (lo9 + 130, lo9, hi9), (lo9 + 260, lo9, hi9)]:
+        changed = tokens.clone()
+        changed[p] = 2 + (changed[p] - 1) % 126  # never a BOS
+        out, _ = run_lora(tg, changed)
+        assert torch.equal(base[:p - 1], out[:p - 1]) and torch.equal(base[hi:], out[hi:])  # nothing before p, no other document
+        assert not torch.equal(base[p - 1:hi], out[p - 1:hi])
+
+
+def test_lora_ttt_scores_each_document_from_itself_then_adapts(tg):
+    tokens = doc_tokens(LENGTHS)
+    model = small_model(tg, **SHAPE)
+    scored, _ = run_lora(tg, tokens, model, ttt_epochs=0)  # TTT_EPOCHS=0: doc-isolated scoring only
+    adapted, _ = run_lora(tg, tokens, model)
+    for lo, hi in tg.doc_spans(tokens, tokens.numel() - 1):
+        if hi - lo <= L:  # the whole document in one window, from its BOS
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                direct = model(tokens[None, lo:hi], tokens[None, lo + 1:hi + 1], reduce=False).float()[0]
+            assert torch.allclose(scored[lo:hi], direct, atol=2e-3)  # bf16, other shapes
+        assert torch.equal(scored[lo:lo + 6], adapted[lo:lo + 6])  # the first chunk: nothing learnt yet
+        assert (hi - lo <= 6) == torch.equal(scored[lo:hi], adapted[lo:hi])  # the rest: the adapters'
+    assert (adapted > 0).all()
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A 1-process gloo group: a 'rank r of 3' then computes its own share (all-reduces are identity)."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_lora_adapters_are_fresh_for_every_batch_and_rank(tg, one_process_group):
+    tokens = doc_tokens(LENGTHS)
+    spans = tg.doc_spans(tokens, tokens.numel() - 1)
+    model = small_model(tg, **SHAPE)
+    nll, _ = run_lora(tg, tokens, model)
+    lo, hi = spans[2]  # 70 tokens; alone, in a stream of its own
+    alone, _ = run_lora(tg, tokens[lo:hi + 1], model)
+    assert torch.allclose(nll[lo:hi], alone, atol=1e-4)
+    shares = [run_lora(tg, tokens, model, world=3, rank=r)[0] for r in range(3)]
+    assert torch.allclose(sum(shares), nll, atol=1e-4)  # 3 ranks' shares sum to the 1-rank scores
+    assert all(m.lora is None for m in tg.lora_modules(model)) and all(p.requires_grad for p in model.parameters())
+
+
+def test_lora_budget_guard_stops_adapting_and_scores_the_rest(tg):
+    tokens = doc_tokens(LENGTHS)
+    model = small_model(tg, **SHAPE)
+    scored, _ = run_lora(tg, tokens, model, ttt_epochs=0)
+    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_log_every=0)})
+    logs = []
+    nll = tg.eval_lora(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
+                       lambda: 0.0, logs.append, budget=-1.0)  # over budget at the first check (step 8)
+    assert [m for m in logs if "stopped adapting" in m] == ["ttt budget: stopped adapting at batch 1/7 step 8, elapsed 0.0s; scoring the rest"]
+    assert re.search(r"ttt lora: 7 batches, \d+ steps, 8 adapting", logs[-1])
+    first = tg.lora_batches(tg.doc_spans(tokens, tokens.numel() - 1), L, 2, 1)[0][2]  # the 2 longest segments
+    assert (nll > 0).all() and all(not torch.equal(nll[lo:hi], scored[lo:hi]) for lo, hi, _ in first)  # 8 chunks adapted
+    rest = torch.ones_like(nll, dtype=torch.bool)
+    for lo, hi, _ in first:
+        rest[lo:hi] = False
+    assert torch.equal(nll[rest], scored[rest])  # the other batches: scored only
+
+
+def test_lora_ttt_learns_a_document_that_repeats_itself(tg):
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.cat([torch.tensor([1]), torch.randint(2, 128, (10,), generator=g).repeat(12), torch.tensor([1])])
+    model = small_model(tg, **SHAPE)
+    scored, _ = run_lora(tg, tokens, model, ttt_epochs=0)
+    adapted, _ = run_lora(tg, tokens, model)
+    assert adapted[-60:].mean() < scored[-60:].mean() - 1.0, (adapted[-60:].mean(), scored[-60:].mean())
+
+
+@pytest.mark.parametrize("chunk", [1, 7, L])  # preflight refuses chunks longer than L (targets outside the window)
+def test_lora_ttt_scores_every_target_at_any_chunk_up_to_the_window(tg, chunk):
+    tokens = doc_tokens(LENGTHS)
+    nll, _ = run_lora(tg, tokens, ttt_lora_chunk=chunk, ttt_epochs=0)
+    assert (nll > 0).all() and nll.numel() == tokens.numel() - 1

@@ -14,6 +14,12 @@ instead of FA3, slower QAT steps). The last ~QAT_THRESHOLD x warmdown steps run 
 Compilation happens before both clocks (train_gpt.py primes every graph), so it costs no budget.
 With --gpu-check (bench/gpu_check.py's JSON from one H100), the nominal scenario uses those
 measured per-GPU figures scaled to 8 GPUs, and the pessimistic one adds 25%.
+LoRA TTT (TTT_MODE=lora) is priced step by step from train_gpt.py's plan (segments of <= 4L,
+windows L/4, L/2, L, docs*L tokens per step, every step forward + backward = 3x forward, plus the
+adapters' FLOPs) over a MODEL of the validation documents' lengths: log-normal with the median
+(~730) and p90 (~2,455) read from PR #1354's per-batch logs of the 50,000 sp1024 documents, its 16
+longest (38,248..123,566 tokens, same logs) in place of the top, the rest scaled to 62,021,632
+tokens in all (which moves the median to ~780).
 """
 import argparse
 import json
@@ -30,6 +36,7 @@ DEFAULTS = dict(
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
+    ttt_mode="lora", ttt_lora_rank=64, ttt_lora_chunk=128, ttt_lora_docs=64,
     warmdown_iters=0, warmdown_frac=0.667, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
     recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
@@ -167,6 +174,44 @@ def train_steps(step_s, qat_ratio, cfg, recur_ratio=1.0):
     return min(lo, cfg["iterations"]) if cfg["iterations"] > 0 else lo
 
 
+def doc_lengths(total, n_docs=50_000):
+    """MODEL of the validation documents' lengths (tokens incl. the next BOS); see the docstring."""
+    from statistics import NormalDist
+    nd = NormalDist()
+    lens = [math.exp(math.log(730) + 0.946 * nd.inv_cdf((i + 0.5) / n_docs)) for i in range(n_docs - 16)]
+    top = [38248 * (123566 / 38248) ** (i / 15) for i in range(16)]
+    k = (total - sum(top)) / sum(lens)
+    return [max(2, round(x * k)) for x in lens] + [round(x) for x in top]
+
+
+def lora_plan(cfg, world=GPUS, lengths=None):
+    """The steps of every global batch of train_gpt.py's lora_batches plan (W, rows, steps), longest first."""
+    L, c, docs = cfg["train_seq_len"], cfg["ttt_lora_chunk"], cfg["ttt_lora_docs"]
+    shapes = sorted({max(1, L // 4), max(1, L // 2), L})
+    segs = []
+    for m in lengths or doc_lengths(cfg["val_tokens"]):
+        for a in range(0, m, 4 * L):
+            end = min(a + 4 * L, m)
+            segs.append((next((w for w in shapes if w >= end), L), end - a))
+    segs.sort(key=lambda s: (-s[0], -s[1]))
+    out, i = [], 0
+    while i < len(segs):
+        W = segs[i][0]
+        R = docs * L // W
+        batch = [s for s in segs[i:i + R * world] if s[0] == W]
+        out.append((W, R, math.ceil(batch[0][1] / c)))
+        i += len(batch)
+    return out
+
+
+def lora_flops_per_token(cfg):
+    """Forward FLOPs of the adapters per token: 2 x rank x (in + out) of every adapted matrix."""
+    d, kv, r = cfg["model_dim"], _kv_dim(cfg), cfg["ttt_lora_rank"]
+    layers = cfg["num_layers"] + (recur_count(cfg) if cfg["recur_start_frac"] < 1 else 0)
+    per_layer = 2 * (d + d) + 2 * (d + kv) + 2 * (d + cfg["mlp_hidden"])
+    return 2 * r * (layers * per_layer + cfg["bigram_dim"] + d + (cfg["ve_layers"] > 0) * (cfg["ve_dim"] + kv) + d + cfg["vocab_size"])
+
+
 def estimate(cfg, measured=None):
     fwd0, train0 = flops_per_token(cfg)
     fwd, train = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)  # the finished model
@@ -178,16 +223,23 @@ def estimate(cfg, measured=None):
         "standard_val_x2": 2 * val * fwd,  # pre-quant EMA eval + reloaded-artifact eval
         "sliding_pass": windows * cfg["train_seq_len"] * fwd,
     }
-    if cfg["ttt_enabled"]:
+    lora = cfg["ttt_enabled"] and cfg["ttt_mode"] == "lora"
+    plan = lora_plan(cfg) if lora else []
+    step_tokens = cfg["ttt_lora_docs"] * cfg["train_seq_len"]  # per GPU, every step of every shape
+    step_flops = step_tokens * 3 * (fwd + lora_flops_per_token(cfg))
+    if lora:  # all steps adapt but each batch's last (forward only), every GPU on its own documents
+        bwd = 2 * step_tokens * (fwd + lora_flops_per_token(cfg))  # TTT_EPOCHS=0: scoring only
+        eval_flops["lora_ttt"] = GPUS * sum(k * step_flops - (bwd if cfg["ttt_epochs"] > 0 else k * bwd) for _, _, k in plan)
+    elif cfg["ttt_enabled"]:
         eval_flops["ttt_scoring_pass"] = windows * cfg["train_seq_len"] * fwd
         eval_flops["ttt_training"] = cfg["ttt_epochs"] * val * train
     seqs = max(1, cfg["ttt_chunk_tokens"] // cfg["train_seq_len"])
-    ttt_steps = (cfg["ttt_enabled"] * cfg["ttt_epochs"] * math.ceil(val / cfg["ttt_chunk_tokens"])
-                 * math.ceil(seqs / cfg["ttt_batch_seqs"]))
+    ttt_steps = sum(k for _, _, k in plan) if lora else (
+        cfg["ttt_enabled"] * cfg["ttt_epochs"] * math.ceil(val / cfg["ttt_chunk_tokens"]) * math.ceil(seqs / cfg["ttt_batch_seqs"]))
     out = {"matmul_params": matmul_params(cfg), "total_params": total_params(cfg),
            "forward_flops_per_token": fwd, "train_flops_per_token": train0, "recur_ratio": recur_ratio,
            "anchor_mfu": base_mfu, "eval_windows": windows, "measured": measured is not None,
-           "ttt_chunks": math.ceil(val / cfg["ttt_chunk_tokens"]), "ttt_steps": ttt_steps,
+           "ttt_chunks": math.ceil(val / cfg["ttt_chunk_tokens"]), "ttt_steps": ttt_steps, "lora_plan": plan,
            "eval_flops": eval_flops, "scenarios": []}
     for label, f, attn, qat_ratio in SCENARIOS:
         rr = recur_ratio
@@ -196,6 +248,7 @@ def estimate(cfg, measured=None):
         eval_mfu = mfu * EVAL_MFU_RATIO
         parts = {k: attn * v / (GPUS * PEAK_FLOPS * eval_mfu) for k, v in eval_flops.items()}
         export_s, ttt_overhead = EXPORT_S, ttt_steps * TTT_STEP_OVERHEAD_S
+        step_s_lora = attn * step_flops / (PEAK_FLOPS * eval_mfu) + TTT_STEP_OVERHEAD_S  # one GPU's step
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
             scale = m * MULTI_GPU_OVERHEAD / GPUS
@@ -203,9 +256,14 @@ def estimate(cfg, measured=None):
             rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
             qat_ratio = measured["qat_step_ms"] / (rec_ms or measured["step_ms"])
             rr = max(1.0, rec_ms / measured["step_ms"]) if rec_ms else rr
-            parts = {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
-                     "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
-            if cfg["ttt_enabled"]:
+            flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
+                                        "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
+            if lora and measured.get("lora_step_ms"):  # one GPU's step: the GPUs run their steps side by side
+                step_s_lora = m * measured["lora_step_ms"] / 1e3
+                parts["lora_ttt"], ttt_overhead = ttt_steps * step_s_lora, 0.0
+            elif lora:  # a check from before LoRA TTT: its FLOP estimate
+                parts["lora_ttt"] = flop_parts["lora_ttt"]
+            elif cfg["ttt_enabled"]:
                 parts["ttt_scoring_pass"] = parts["sliding_pass"]
                 parts["ttt_training"] = m * ttt_steps * measured["ttt_step_ms"] / 1e3 * MULTI_GPU_OVERHEAD / GPUS
             export_s = m * measured["export_s"]
@@ -217,6 +275,7 @@ def estimate(cfg, measured=None):
             "label": label, "factor": f, "mfu": mfu, "eval_mfu": eval_mfu, "step_ms": step_s * 1e3,
             "qat_ratio": qat_ratio, "recur_ratio": rr, "steps": steps, "train_tokens": steps * cfg["train_batch_tokens"],
             "train_s": train_s, "calib_s": calib_s, "eval_parts_s": parts, "export_s": export_s, "eval_s": eval_s,
+            "lora_step_s": step_s_lora, "lora_longest_batch_s": plan[0][2] * step_s_lora if plan else 0.0,
             "train_fits": train_s <= LIMIT_S,
             "eval_fits": eval_s <= min(LIMIT_S, cfg["max_eval_seconds"]),
         })
@@ -259,14 +318,20 @@ def _report(cfg, est, logged_params=None):
     row("training tokens (est.)", [f"{s['train_tokens'] / 1e9:.2f} B" for s in sc])
     row("training time (est.)", [f"{s['train_s']:.0f} s" for s in sc])
     row(f"GPTQ calibration (est.; reserve {cfg['gptq_reserve_seconds']:g} s)", [f"{s['calib_s']:.1f} s" for s in sc])
+    lora = est["lora_plan"]
     print(f"  eval workload: {cfg['val_tokens']:,} val tokens, {est['eval_windows']:,} sliding "
           f"windows x {cfg['train_seq_len']}, TTT {'on' if cfg['ttt_enabled'] else 'off'}"
-          + (f" ({est['ttt_chunks']} chunks, {cfg['ttt_epochs']} epoch(s))" if cfg["ttt_enabled"] else ""))
+          + (f" (LoRA: {len(lora)} batches, {est['ttt_steps']:,} steps per GPU of {cfg['ttt_lora_docs'] * cfg['train_seq_len']:,}"
+             f" tokens; the longest batch {lora[0][2]} steps)" if lora else
+             f" ({est['ttt_chunks']} chunks, {cfg['ttt_epochs']} epoch(s))" if cfg["ttt_enabled"] else ""))
     row("eval MFU (est.)", [f"{s['eval_mfu'] * 100:.1f}%" for s in sc])
     for part in est["eval_flops"]:
         row(f"  {part} (est.)", [f"{s['eval_parts_s'][part]:.0f} s" for s in sc])
     row(f"  export/reload", [f"{s['export_s']:.0f} s" for s in sc])
     row(f"  {est['ttt_steps']:,} TTT step overheads", [f"{est['ttt_steps'] * TTT_STEP_OVERHEAD_S:.0f} s" for _ in sc])
+    if lora:
+        row("  LoRA step, one GPU (est.)", [f"{s['lora_step_s'] * 1e3:.0f} ms" for s in sc])
+        row(f"  of which the longest batch ({lora[0][2]} steps)", [f"{s['lora_longest_batch_s']:.0f} s" for s in sc])
     row("eval time (est.)", [f"{s['eval_s']:.0f} s" for s in sc])
     row("train <= 600 s (est.)", ["fits" if s["train_fits"] else "OVER" for s in sc])
     row(f"eval <= {min(LIMIT_S, cfg['max_eval_seconds']):.0f} s (est.)",
