@@ -11,6 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"  # the challenge's sp1024
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (.ci/run's `-n 2`) two workers share the two cores: one thread each, in
+    process and in the scripts the tests start (oversubscribed OpenMP threads slow both 10x or more)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+        torch.set_num_threads(1)
+
+
 def load_module(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
