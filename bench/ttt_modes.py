@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 import train_gpt as tg  # noqa: E402
 from logparse import parse_log  # noqa: E402
+from ttt_sweep import validation  # noqa: E402
 
 
 def run_hparams(run_dir: Path) -> "tg.Hyperparameters":
@@ -51,13 +52,9 @@ def score(arm: str, run_dir: Path, h, val, nbytes) -> tuple[float, float, float]
 
 
 def main(out: Path, runs: list[str]) -> None:
-    import sentencepiece as spm
     arms = os.environ.get("ARMS", "sliding,chunk,chunk_small,doc,lora").split(",")
     for run in map(Path, runs):
-        h0 = run_hparams(run)
-        luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=h0.tokenizer_path), h0.vocab_size)
-        val = tg.load_validation(os.path.join(h0.data_path, "fineweb_val_*.bin"), h0.train_seq_len)
-        nbytes = tg.target_bytes(val, luts)
+        val, nbytes = validation(run_hparams(run))
         for arm in arms:
             h = run_hparams(run)
             loss, b, secs = score(arm, run, h, val, nbytes)

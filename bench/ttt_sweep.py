@@ -18,15 +18,20 @@ BENCH_SHAPE = dict(NUM_LAYERS="11", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS
 
 def setup(val_glob: str | None = None):
     """Bench-shape hyperparameters, the validation tokens and their per-target byte counts."""
-    import sentencepiece as spm
     shared = ROOT.parent / "shared" / "data"
     env = {**BENCH_SHAPE, "DATA_PATH": str(shared / "datasets" / "bench_sp1024"),
            "TOKENIZER_PATH": str(shared / "tokenizers" / "fineweb_1024_bpe.model"), **os.environ,
            "TTT_LOG_EVERY": "0"}
     h = tg.Hyperparameters.from_env(env)
+    return (h, *validation(h, val_glob))
+
+
+def validation(h, val_glob: str | None = None):
+    """h's validation tokens (or val_glob's) and the bytes of each of their targets, as train_gpt.py scores them."""
+    import sentencepiece as spm
     luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
     val = tg.load_validation(val_glob or os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
-    return h, val, tg.target_bytes(val, luts)[:-1]
+    return val, tg.target_bytes(val, luts)
 
 
 def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:
