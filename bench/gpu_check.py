@@ -1,13 +1,23 @@
-"""One-GPU check of the path users run: the default full shape, compiled, 1 process.
+"""One-GPU check of the path users run: the default full shape, compiled, 1 process, under a time limit.
 
-Runs train_gpt.py on random-token shards (timings do not depend on the text) for a short,
-fixed schedule, then prints (and writes as JSON) what it measured: ms per 786,432-token step
-plain, with the recurrence (when configured) and with QAT (on top of it), peak memory, the attention kernel, recompiles after priming, eval
-tokens/s of the standard and the stride-64 sliding pass, ms per TTT step (chunked or LoRA), export seconds.
-`python3 tools/estimate_h100.py --gpu-check OUT/gpu_check.json` then uses these figures.
-Meant for one H100 and <= 8 minutes:  python3 bench/gpu_check.py [OUT_DIR]
+Runs train_gpt.py on random-token shards (timings and memory do not depend on the text) for a short, fixed
+schedule, streams its output with the seconds since start, and writes what it measured (JSON), even when
+the time limit ends the run early (`completed: false`; what was reached is kept):
+- ms per 786,432-token step with the recurrence and with QAT on top of it (and plain, when GPU_CHECK_RECUR_FRAC
+  leaves plain steps), the attention kernel, recompiles after priming;
+- the peak memory (the largest rank's) of every phase the script logs, allocated and reserved, against an
+  H100's 80 GB (priming runs each graph at its full per-rank shape: the training step, the sliding eval and
+  every LoRA TTT window, so these are the per-rank figures of an 8-GPU run, within the one-GPU Muon share);
+- eval tokens/s of the standard and the stride-64 sliding pass, ms per TTT step (LoRA or chunked), export seconds,
+  and when each line of the log appeared (compile time per group of graphs).
+Recurrence from step 0 (RECUR_START_FRAC=0, GPU_CHECK_RECUR_FRAC to change it) halves the graphs to compile
+(the recurrent ones are the larger); the estimator derives the plain step from the recurrent one by FLOPs.
+`python3 tools/estimate_h100.py --gpu-check OUT/gpu_check.json` uses these figures.
+
+Usage:  python3 bench/gpu_check.py [WORK_DIR] [--copy-to DIR] [--limit SECONDS]
+(or bash bench/gpu_check.sh, which also installs zstandard from .whl/ when missing and copies to $OUT)
 """
-import json, os, re, subprocess, sys, time
+import argparse, json, os, re, shutil, subprocess, sys, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -16,69 +26,130 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "data"))
 from prepare_text import write_shard  # noqa: E402
 
-VAL_TOKENS = 1 << 20
-SCHEDULE = dict(ITERATIONS="40", WARMDOWN_ITERS="100", WARMUP_STEPS="4", TRAIN_LOG_EVERY="1",
+H100_BYTES = 80e9  # an H100 SXM's memory, decimal; the check's card may have more
+MARGIN_GIB = 72.0  # every phase must stay under this (10% under 80 GB)
+VAL_TOKENS = 1 << 19  # 512 K: the sliding pass and TTT in ~15 s on an H200
+SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="100", WARMUP_STEPS="4", TRAIN_LOG_EVERY="1",
                 MAX_WALLCLOCK_SECONDS="0", MAX_EVAL_SECONDS="600", SEED="1", RUN_ID="gpu_check",
-                BYTE_CAP="1000000000")  # 40 steps leave near-init weights, which would prune to fit;
+                BYTE_CAP="1000000000")  # 20 steps (QAT from step 6) leave near-init weights, which would prune to fit;
 # a trained model's export does not (README, full-size artifact): time the plain export
+FILES = ("logs/gpu_check.txt", "gpu_check.json", "gpu_check.stream.txt")
 
 
 def random_shards(d: Path) -> None:
-    """Uniform random ids with a BOS every ~1,000 tokens: 2 x 16 M train, 1 M validation."""
+    """Uniform random ids with a BOS every ~1,000 tokens: 2 x 16 M train, 512 K validation."""
     rng = np.random.default_rng(0)
     d.mkdir(parents=True, exist_ok=True)
     for name, n in [("fineweb_train_000000.bin", 16 << 20), ("fineweb_train_000001.bin", 16 << 20),
                     ("fineweb_val_000000.bin", VAL_TOKENS + 1)]:
-        toks = rng.integers(4, 1024, n, dtype=np.uint16)
-        toks[::1000] = 1
-        write_shard(d / name, toks)
+        if not (d / name).is_file():
+            toks = rng.integers(4, 1024, n, dtype=np.uint16)
+            toks[::1000] = 1
+            write_shard(d / name, toks)
 
 
-def figures(log: str, wall_s: float) -> dict:
+def figures(log: str) -> dict:
+    """What the log shows; a figure the run did not reach is None."""
     def num(pattern, cast=float):
         m = re.search(pattern, log, re.M)
         return cast(m.group(1)) if m else None
+
     steps = {int(s): float(t) for s, t in re.findall(r"^step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", log, re.M)}
-    qat_at, last = num(r"^qat: .* on at step (\d+)", int), max(steps)  # steps > qat_at ran QAT
-    rec_at = num(r"^recurrence: .* from step (\d+)", int)  # steps > rec_at ran the recurrence
-    plain_to = rec_at if rec_at is not None and rec_at < qat_at else qat_at
+    steps[0] = 0.0
+    last = max(steps)
+    qat_at = num(r"^qat: .* on at step (\d+)", int)  # steps after it ran QAT
+    rec_at = num(r"^recurrence: .* from step (\d+)", int)  # steps after it ran the recurrence
+    qat_end = qat_at if qat_at is not None else last
+
+    def ms_per_step(a, b):
+        return (steps[b] - steps[a]) / (b - a) if a is not None and b is not None and b > a and a in steps and b in steps else None
+
     val = num(r"^val_tokens:(\d+)", int)
+    rt_s, sl_s = num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"), num(r"^final_sliding_exact .* time:([\d.]+)s")
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
     lora = re.search(r"^ttt lora: \d+ batches, (\d+) steps, \d+ adapting, ([\d.]+)s", log, re.M)
+    memory = {p: dict(allocated_gib=float(a), reserved_gib=float(r))
+              for p, a, r in re.findall(r"^peak memory (.+?): ([\d.]+) GiB allocated, ([\d.]+) GiB reserved", log, re.M)}
     return dict(
         device=num(r"device:(.+?) compile:", str), attention=num(r"attention:(\S+)", str),
-        step_ms=steps[plain_to] / plain_to,
-        recur_step_ms=(steps[qat_at] - steps[plain_to]) / (qat_at - plain_to) if plain_to < qat_at else None,
-        qat_step_ms=(steps[last] - steps[qat_at]) / (last - qat_at),
-        peak_mem_mib=num(r"peak memory allocated: (\d+) MiB", int),
+        step_ms=ms_per_step(0, rec_at if rec_at is not None and rec_at < qat_end else qat_end) if rec_at != 0 else None,
+        recur_step_ms=ms_per_step(rec_at, qat_end) if rec_at is not None else None,
+        qat_step_ms=ms_per_step(qat_at, last) if qat_at is not None else None,
+        peak_memory=memory,
         recompiles_after_priming=num(r"recompiles after priming: (\d+)", int),
-        standard_eval_tok_s=val / num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"),
-        sliding_eval_tok_s=val / num(r"^final_sliding_exact .* time:([\d.]+)s"),
-        ttt_step_ms=1000 * float(ttt.group(1)) / int(ttt.group(2)) if ttt else None,
-        lora_step_ms=1000 * float(lora.group(2)) / int(lora.group(1)) if lora else None,  # TTT_LORA_DOCS x L tokens
+        standard_eval_tok_s=val / rt_s if val and rt_s else None,
+        sliding_eval_tok_s=val / sl_s if val and sl_s else None,
+        ttt_step_ms=1000 * float(ttt.group(1)) / int(ttt.group(2)) if ttt and int(ttt.group(2)) else None,  # chunked TTT
+        lora_step_ms=1000 * float(lora.group(2)) / int(lora.group(1)) if lora else lora_ms_from_batches(log),  # TTT_LORA_DOCS x L tokens
         export_s=num(r"export_time:([\d.]+)s"),
         gptq_calibration_ms=num(r"gptq_calibration:(\d+)ms", int),  # 1 GPU: all GPTQ_CALIB_SEQS on it
-        startup_and_priming_s=wall_s - num(r"^eval_time:([\d.]+)s", float) - num(r"train_time:([\d.]+)s$"),
-        val_tokens=val, wall_s=wall_s)
+        val_tokens=val)
+
+
+def lora_ms_from_batches(log: str) -> float | None:
+    """Without the LoRA summary (the limit ended TTT): ms per step between the first and the last batch logged."""
+    rows = [(int(k), float(t)) for k, t in re.findall(r"^ttt_lora \[\d+/\d+\] window \d+ rows \d+ steps (\d+) time=([\d.]+)s", log, re.M)]
+    steps = sum(k for k, _ in rows[1:])
+    return 1000 * (rows[-1][1] - rows[0][1]) / steps if steps else None
+
+
+def run(cmd, env, cwd, stream_path: Path, limit: float) -> tuple[int | None, float]:
+    """Runs cmd, echoing and saving each output line with the seconds since start; kills it at `limit`.
+    Returns (exit code, or None when the limit ended it; seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    with open(stream_path, "w") as stream:
+        for line in proc.stdout:
+            stamped = f"[{time.perf_counter() - t0:7.1f}s] {line}"
+            print(stamped, end="", flush=True)
+            stream.write(stamped)
+            stream.flush()
+    proc.wait()
+    killed = not timer.is_alive() and proc.returncode != 0
+    timer.cancel()
+    return (None if killed else proc.returncode), time.perf_counter() - t0
+
+
+def report(fig: dict) -> None:
+    print("gpu_check (measured, 1 process):")
+    for k, v in fig.items():
+        if k != "peak_memory":
+            print(f"  {k:<26} {v:,.1f}" if isinstance(v, float) else f"  {k:<26} {v}")
+    print(f"peak memory per phase (GiB, the largest rank's; an H100 has {H100_BYTES / 2**30:.1f} GiB, the margin is {MARGIN_GIB:g}):")
+    for phase, m in fig["peak_memory"].items():
+        flag = "OVER 80 GB" if m["reserved_gib"] * 2**30 > H100_BYTES else "over the margin" if m["reserved_gib"] > MARGIN_GIB else "ok"
+        print(f"  {phase:<52} {m['allocated_gib']:6.2f} allocated {m['reserved_gib']:6.2f} reserved  {flag}")
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "bench" / "out" / "gpu_check").resolve()
+    ap = argparse.ArgumentParser(description="one-GPU check of train_gpt.py at the full shape")
+    ap.add_argument("work", nargs="?", default=str(ROOT / "bench" / "out" / "gpu_check"))
+    ap.add_argument("--copy-to", help="copy the log, the stream and the JSON here (e.g. $OUT)")
+    ap.add_argument("--limit", type=float, default=float(os.environ.get("GPU_CHECK_SECONDS", 540)),
+                    help="seconds the run may take before it is stopped (figures reached so far are kept)")
+    args = ap.parse_args()
+    out = Path(args.work).resolve()
     random_shards(out / "data")
     env = dict(os.environ, **SCHEDULE, DATA_PATH=str(out / "data"), OUT_DIR=str(out), COMPILE="1",
+               RECUR_START_FRAC=os.environ.get("GPU_CHECK_RECUR_FRAC", "0"),
                TOKENIZER_PATH=str(ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "logs" / "gpu_check.txt").unlink(missing_ok=True)
+    code, wall = run([sys.executable, str(ROOT / "train_gpt.py")], env, ROOT, out / "gpu_check.stream.txt", args.limit)
     log_path = out / "logs" / "gpu_check.txt"
-    log_path.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT)
-    if r.returncode:
-        sys.exit(f"gpu_check: train_gpt.py failed ({r.returncode})")
-    fig = figures(log_path.read_text(), time.perf_counter() - t0)
+    fig = dict(completed=code == 0, exit_code=code, limit_s=args.limit, wall_s=wall,
+               **figures(log_path.read_text() if log_path.is_file() else ""))
     (out / "gpu_check.json").write_text(json.dumps(fig, indent=2) + "\n")
-    print("gpu_check (measured, 1 process):")
-    for k, v in fig.items():
-        print(f"  {k:<26} {v:,.1f}" if isinstance(v, float) else f"  {k:<26} {v}")
-    print(f"-> {out / 'gpu_check.json'}")
+    report(fig)
+    print(f"-> {out / 'gpu_check.json'}" + ("" if code == 0 else f"  (run {'stopped at the limit' if code is None else f'failed ({code})'})"))
+    if args.copy_to:
+        Path(args.copy_to).mkdir(parents=True, exist_ok=True)
+        for f in FILES:
+            if (out / f).is_file():
+                shutil.copy(out / f, Path(args.copy_to) / Path(f).name)
+    sys.exit(0 if code == 0 else 1)
 
 
 if __name__ == "__main__":

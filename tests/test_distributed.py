@@ -1,5 +1,6 @@
 """End-to-end runs of train_gpt.py on the synthetic corpus: eager and compiled (the path users
 run), 1 and 2 processes (gloo), priming undone, bad input."""
+import hashlib
 import json
 import re
 import subprocess
@@ -174,8 +175,8 @@ def test_no_data_says_where_and_how_to_get_it(tmp_path):
 def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled, recurrent):
     from conftest import load_module
     figures = load_module("gpu_check", ROOT / "bench" / "gpu_check.py").figures
-    assert figures(compiled[1], wall_s=100.0)["recur_step_ms"] is None
-    fig = figures(recurrent[1], wall_s=100.0)
+    assert figures(compiled[1])["recur_step_ms"] is None
+    fig = figures(recurrent[1])
     steps = {int(s): float(t) for s, t in re.findall(r"step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", recurrent[1])}
     assert fig["step_ms"] == pytest.approx(steps[15] / 15) and fig["recur_step_ms"] == pytest.approx((steps[26] - steps[15]) / 11)
     assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
@@ -192,3 +193,66 @@ def test_the_warmdown_fraction_sets_the_lr_decay_and_the_qat_start_under_a_wall_
                  MAX_WALLCLOCK_SECONDS=900, TTT_ENABLED=0)
     assert "training clock: " in log and re.search(r"^step:30/30 train_loss", log, re.M)
     assert re.search(r"qat: .* on at step 23 \(lr multiplier 0\.467\)", log)
+
+
+def eval_only(out, data, **env):
+    r = run_script(out, data, EVAL_ONLY=1, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return (out / "logs" / "t.reeval.txt").read_text()
+
+
+def test_eval_only_reproduces_the_runs_scores_from_its_artifact_and_says_so(tmp_path, tiny_data, one_proc):
+    out, log = one_proc
+    art = tmp_path / "published.ptz"
+    art.write_bytes((out / "final_model.int5.ptz").read_bytes())
+    again = eval_only(tmp_path, tiny_data, ARTIFACT_PATH=art)
+    for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
+        assert metric(again, key) == metric(log, key), key  # same weights, same evaluation: the same numbers
+    assert "train_loss" not in again and "final_prequant_ema_exact" not in again
+    assert (tmp_path / "train.log").read_text() == again
+    sub, first = json.loads((tmp_path / "submission.json").read_text()), json.loads((out / "submission.json").read_text())
+    sha = hashlib.sha256(art.read_bytes()).hexdigest()
+    assert sub["status"] == "re-evaluated" and first["status"] == "final" and first["artifact_sha256"] == sha
+    assert sub["reevaluated"] == dict(artifact=str(art), sha256=sha) and sub["artifact_sha256"] == sha
+    assert sub["val_bpb"] == first["val_bpb"] and sub["bytes_total"] == first["bytes_total"] and sub["rule_violations"] == []
+    assert sub["steps"] is None and sub["gptq"] is None and "RTN" not in sub["blurb"]  # no record of its training here
+    assert art.read_bytes() == (out / "final_model.int5.ptz").read_bytes()  # the artifact is only read
+
+
+def test_eval_only_recovers_a_run_whose_ttt_failed_and_keeps_its_training_figures(tmp_path, tiny_data, one_proc):
+    out, log = one_proc
+    for f in ("final_model.int5.ptz", "submission.json"):
+        (tmp_path / f).write_bytes((out / f).read_bytes())
+    r = run_script(tmp_path, tiny_data, EVAL_ONLY=1)  # OUT_DIR holds a final record: refused, untouched
+    assert r.returncode == 1 and "would replace the final record" in r.stderr
+    assert (tmp_path / "submission.json").read_bytes() == (out / "submission.json").read_bytes()
+    first = json.loads((out / "submission.json").read_text())
+    failed = dict(first, status="provisional: TTT did not finish (a test); the score is the sliding one",
+                  val_bpb=first["sliding_val_bpb"], ttt_val_bpb=None)
+    (tmp_path / "submission.json").write_text(json.dumps(failed))
+    again = eval_only(tmp_path, tiny_data)
+    assert metric(again, "legal_ttt_exact") == metric(log, "legal_ttt_exact")
+    sub = json.loads((tmp_path / "submission.json").read_text())
+    assert sub["status"] == "re-evaluated" and sub["val_bpb"] == first["val_bpb"]
+    for k in ("steps", "train_time_s", "gptq", "prequant_val_bpb", "zstd_level"):
+        assert sub[k] == first[k] is not None, k
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "foreign", "other shape"])
+def test_eval_only_rejects_a_bad_artifact_in_one_line(tmp_path, tiny_data, one_proc, case):
+    good = (one_proc[0] / "final_model.int5.ptz").read_bytes()
+    art, env = tmp_path / "a.ptz", {}
+    if case == "truncated":
+        art.write_bytes(good[:len(good) // 2])
+    elif case == "foreign":
+        import zstandard
+        art.write_bytes(zstandard.ZstdCompressor().compress(b"not a model" * 100))
+    elif case == "other shape":
+        art.write_bytes(good)
+        env = dict(MODEL_DIM=32)
+    r = run_script(tmp_path, tiny_data, EVAL_ONLY=1, ARTIFACT_PATH=art, **env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert {"missing": "EVAL_ONLY=1: no artifact at", "truncated": "not a complete zstd stream",
+            "foreign": "no int5 container header", "other shape": "does not match the model configuration"}[case] in line, line
+    assert not (tmp_path / "submission.json").exists()

@@ -93,11 +93,11 @@ def test_double_batch_doubles_step_time():
 
 
 def test_estimator_cli(tmp_path):
-    out = run("estimate_h100.py")
+    out = run("estimate_h100.py", "--no-memory")
     assert out.returncode == 0, out.stderr
     assert "ESTIMATE" in out.stdout and "est." in out.stdout
     assert "83.4 ms" in out.stdout and ("fits" in out.stdout or "OVER" in out.stdout)
-    out = run("estimate_h100.py", "--log", write_log(tmp_path / "a.log"))
+    out = run("estimate_h100.py", "--no-memory", "--log", write_log(tmp_path / "a.log"))
     assert out.returncode == 0, out.stderr
     assert "27,288,668" in out.stdout
 
@@ -169,8 +169,23 @@ def test_estimator_uses_measured_gpu_figures(tmp_path):
     assert nom["steps"] * nom["step_ms"] / 1e3 < 600 and nom["train_s"] <= 600
     path = tmp_path / "g.json"
     path.write_text(json.dumps(m))
-    out = run("estimate_h100.py", "--gpu-check", str(path))
+    out = run("estimate_h100.py", "--no-memory", "--gpu-check", str(path))
     assert out.returncode == 0 and "MEASURED 1-GPU" in out.stdout
+
+
+def test_a_check_recurrent_from_step_0_prices_plain_steps_by_flops_and_shows_its_memory(tmp_path):
+    m = dict(step_ms=None, recur_step_ms=900.0, qat_step_ms=990.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1e5,
+             export_s=15.0, lora_step_ms=130.0, device="GPU X",
+             peak_memory={"training": dict(allocated_gib=30.6, reserved_gib=42.5)})
+    r = est.estimate(est.load_config(env={}), m)
+    nom = r["scenarios"][1]
+    assert nom["step_ms"] == pytest.approx(900.0 / r["recur_ratio"] / 8 * est.MULTI_GPU_OVERHEAD)
+    assert nom["recur_ratio"] == pytest.approx(r["recur_ratio"]) and nom["qat_ratio"] == pytest.approx(1.1)
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(m))
+    out = run("estimate_h100.py", "--no-memory", "--gpu-check", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "peak memory training: 30.6 GiB per rank (measured on GPU X, 1 process, compiled; allocated: the phase's own peak; the allocator held 42.5)" in out.stdout
 
 
 def test_qat_steps_shorten_training_to_stay_in_the_wall_clock():
@@ -254,3 +269,101 @@ def test_lora_eval_estimate_follows_the_scripts_plan_and_fits():
     assert r["ttt_steps"] == sum(k for _, _, k in r["lora_plan"]) and r["scenarios"][2]["eval_s"] <= est.EVAL_TARGET_S
     chunked = est.estimate(est.load_config(env={"TTT_MODE": "chunk"}))
     assert "ttt_training" in chunked["eval_flops"] and "lora_ttt" not in chunked["eval_flops"]
+
+
+# ---------------------------------------------------------------- peak memory per rank (tools/memory_estimate.py)
+# A one-layer model (recurrence on its layer), small enough that every phase runs in a few seconds on CPU.
+MEM_TINY = dict(NUM_LAYERS="1", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1", MLP_HIDDEN="64",
+                BIGRAM_BUCKETS="64", BIGRAM_DIM="8", VE_DIM="8", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="2048",
+                RECUR_LAYERS="0", VAL_TOKENS="5000", EVAL_BATCH_SEQS="4", GPTQ_CALIB_SEQS="16", EVAL_STRIDE="16",
+                TTT_LORA_DOCS="2", TTT_LORA_RANK="4", TTT_LORA_CHUNK="8")
+MEM_PHASES = ["train step", "train step + recurrence", "train step + QAT", "train step + QAT + recurrence", "priming",
+              "gptq calibration", "standard eval", "sliding eval", "lora ttt window 8", "lora ttt window 16",
+              "lora ttt window 32"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: threads only contend (the suite under xdist runs one a worker anyway)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def memory_lines(out):
+    import re
+    lines = [line for line in out.splitlines() if line.startswith("peak memory ")]
+    got = [re.fullmatch(r"peak memory (.+): (\d+\.\d) GiB per rank \((measured|arithmetic)\)", line) for line in lines]
+    assert all(got), lines
+    return [m.group(1) for m in got]
+
+
+def test_memory_estimate_prints_every_phase_with_its_assumptions(monkeypatch, capsys, one_thread):
+    import memory_estimate as mem
+    for k, v in MEM_TINY.items():
+        monkeypatch.setenv(k, v)
+    assert mem.main(["--detail"]) == 0
+    out = capsys.readouterr().out
+    assert memory_lines(out) == MEM_PHASES
+    assert out.splitlines()[-1].startswith("every phase <= 72 GiB per rank: yes")
+    assert "PEAK MEMORY per rank, 8 ranks" in out and "micro-batch 8 x 32" in out and "CUDA's cast lists" in out
+
+
+def test_estimator_prints_the_memory_lines_unless_told_not_to(monkeypatch, capsys, one_thread):
+    for k, v in MEM_TINY.items():
+        monkeypatch.setenv(k, v)
+    assert est.main(["--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATE" in out and "peak memory" not in out
+    assert est.main([]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATE" in out and memory_lines(out) == MEM_PHASES and "every phase <= 72 GiB per rank: yes" in out
+
+
+def test_memory_fake_tensors_allocate_what_real_ones_do(one_thread):
+    import memory_estimate as mem
+    tg, cfg = mem.load_tg(), est.load_config(env=MEM_TINY)
+    fake = mem.measure(tg, cfg, rows=2)  # every phase, the script's own code
+    assert fake == mem.measure(tg, cfg, fake=False, rows=2)  # byte for byte
+    assert set(fake[0]) == set(MEM_PHASES) - {"priming"}
+
+
+def test_memory_grows_with_rows_recurrence_and_lora_rows(one_thread):
+    import memory_estimate as mem
+    tg, cfg = mem.load_tg(), est.load_config(env=MEM_TINY)
+    m = {r: mem.measure(tg, cfg, fake=False, rows=r, groups=("train",)) for r in (1, 2, 4)}  # real tensors: quick
+    for k in ("train step", "train step + recurrence"):
+        saved = {r: m[r][1]["saved " + k] for r in m}
+        peak = {r: m[r][0][k] for r in m}
+        assert 0 < saved[2] - saved[1] and saved[4] - saved[2] == 2 * (saved[2] - saved[1])  # per row: doubles
+        assert 0 < peak[2] - peak[1] and peak[4] - peak[2] == 2 * (peak[2] - peak[1])
+    for r in m:  # the recurrent layer's second pass saves more
+        assert m[r][1]["saved train step + recurrence"] > m[r][1]["saved train step"]
+        assert m[r][0]["train step + recurrence"] > m[r][0]["train step"]
+    peak, part = mem.measure(tg, cfg, fake=False, groups=("lora",))
+    assert {W: mem.lora_rows(cfg, W) for W in (8, 16, 32)} == {8: 8, 16: 4, 32: 2}  # TTT_LORA_DOCS x L / W
+    assert part["adapters 8"] == 2 * part["adapters 16"] == 4 * part["adapters 32"] > 0  # adapters: x L / W
+    assert part["adamw temporaries 8"] == part["adapters 8"]  # foreach AdamW: one copy of the adapters
+    assert peak["lora ttt window 8"] > peak["lora ttt window 16"] > peak["lora ttt window 32"]
+
+
+def test_memory_autocast_follows_cuda_lists_while_measuring():
+    import torch.nn.functional as F
+    import memory_estimate as mem
+    x = torch.ones(2, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.rms_norm(x, (8,)).dtype == x.square().dtype == torch.bfloat16  # CPU's lists
+        with mem.cuda_autocast_lists():  # CUDA's: fp32
+            assert F.rms_norm(x, (8,)).dtype == x.square().dtype == x.sum(-1).dtype == torch.float32
+            assert F.linear(x.float(), torch.ones(4, 8)).dtype == torch.bfloat16
+        assert F.rms_norm(x, (8,)).dtype == x.square().dtype == torch.bfloat16  # and back
+
+
+def test_memory_compiled_estimate_saves_less_than_eager(one_thread):
+    import memory_estimate as mem
+    tg, cfg = mem.load_tg(), est.load_config(env=MEM_TINY)
+    compiled = mem.compiled_saved(tg, cfg, phases_wanted={"train step + recurrence"})
+    _, part = mem.measure(tg, cfg, fake=False, groups=("train",))  # real tensors: quicker here, the same bytes
+    assert set(compiled) == {"train step + recurrence"}
+    assert 0 < compiled["train step + recurrence"] < part["saved train step + recurrence"]  # pointwise ops recomputed

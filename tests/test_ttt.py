@@ -258,3 +258,44 @@ def test_lora_ttt_scores_every_target_at_any_chunk_up_to_the_window(tg, chunk):
     tokens = doc_tokens(LENGTHS)
     nll, _ = run_lora(tg, tokens, ttt_lora_chunk=chunk, ttt_epochs=0)
     assert (nll > 0).all() and nll.numel() == tokens.numel() - 1
+
+
+def test_lora_scoring_steps_build_no_graph_and_one_steps_graph_at_most_is_alive(tg):
+    """Tensors saved for backward, tracked while alive: a step that does not adapt saves none, and no step
+    starts while an earlier step's graph is alive (the peak over a batch whose guard stops adapting mid-way
+    is one adapting step's)."""
+    import weakref
+
+    class Saved:  # what the graph keeps in place of each saved tensor; dies with the graph
+        def __init__(self, t):
+            self.t = t
+
+    live = weakref.WeakSet()
+
+    def pack(t):
+        s = Saved(t)
+        live.add(s)
+        return s
+
+    def live_bytes():
+        return sum(s.t.numel() * s.t.element_size() for s in list(live))
+
+    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=4, ttt_lora_rank=4)})
+    model = small_model(tg, **SHAPE)
+    tokens = doc_tokens([L, L])
+    at_start, saved = [], []
+
+    def run_model(ids, targets, reduce=True):
+        at_start.append(live_bytes())
+        out = model(ids, targets, reduce=reduce)
+        saved.append(live_bytes() - at_start[-1])
+        return out
+
+    nll = torch.zeros(tokens.numel() - 1)
+    K = L // 4  # 8 chunks a document: steps 0..2 adapt, then the guard stops adapting, step 7 scores only
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
+        tg.lora_batch(run_model, model, tokens, nll, [(0, L, 0), (L, 2 * L, L)], L, 2, K,
+                      tg.lora_init(model, 4), h, lambda k: k < 3)
+    assert len(saved) == K and all(b > 0 for b in saved[:3]) and saved[3:] == [0] * (K - 3)
+    assert at_start == [0] * K  # every earlier step's graph was freed before the next step ran
+    assert live_bytes() == 0 and (nll > 0).all()

@@ -1,6 +1,6 @@
 """ESTIMATE (from FLOPs, not a measurement) of the 8xH100 time budget for a configuration.
 
-Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json]
+Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json] [--no-memory]
 Configuration: the training script's defaults (SPEC's, but 16384 bigram buckets), overridden
 by its environment variables (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the
 `hparams` JSON of --log.
@@ -20,6 +20,8 @@ adapters' FLOPs) over a MODEL of the validation documents' lengths: log-normal w
 (~730) and p90 (~2,455) read from PR #1354's per-batch logs of the 50,000 sp1024 documents, its 16
 longest (38,248..123,566 tokens, same logs) in place of the top, the rest scaled to 62,021,632
 tokens in all (which moves the median to ~780).
+Then (unless --no-memory) the PEAK MEMORY per rank of every phase, from tools/memory_estimate.py (measured
+on CPU with fake tensors; its docstring says how), and whether every phase is <= 72 GiB.
 """
 import argparse
 import json
@@ -41,6 +43,7 @@ DEFAULTS = dict(
     iterations=0,  # 0 = bounded by wall clock only
     recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
     parallel_from=7, skip_gates=1,
+    eval_batch_seqs=32, grad_accum_steps=0,  # memory (tools/memory_estimate.py); 0: 8 // ranks micro-batches, as on CUDA
 )
 GPUS = 8
 PEAK_FLOPS = 989e12          # dense bf16 per H100 SXM
@@ -252,10 +255,11 @@ def estimate(cfg, measured=None):
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
             scale = m * MULTI_GPU_OVERHEAD / GPUS
-            step_s = scale * measured["step_ms"] / 1e3 * cfg["train_batch_tokens"] / 786432
             rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
-            qat_ratio = measured["qat_step_ms"] / (rec_ms or measured["step_ms"])
-            rr = max(1.0, rec_ms / measured["step_ms"]) if rec_ms else rr
+            plain_ms = measured.get("step_ms") or rec_ms / recur_ratio  # a check recurrent from step 0: plain by FLOPs
+            step_s = scale * plain_ms / 1e3 * cfg["train_batch_tokens"] / 786432
+            qat_ratio = measured["qat_step_ms"] / (rec_ms or plain_ms)
+            rr = max(1.0, rec_ms / plain_ms) if rec_ms else rr
             flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
                                         "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
             if lora and measured.get("lora_step_ms"):  # one GPU's step: the GPUs run their steps side by side
@@ -344,8 +348,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log", help="read the configuration from this log's hparams line")
     ap.add_argument("--gpu-check", help="bench/gpu_check.py's JSON: use its measured figures")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="skip the peak memory per rank (tools/memory_estimate.py: ~15 s of CPU)")
     args = ap.parse_args(argv)
     measured = json.loads(open(args.gpu_check).read()) if args.gpu_check else None
+    if measured and (measured.get("qat_step_ms") is None or not (measured.get("step_ms") or measured.get("recur_step_ms"))):
+        print(f"error: {args.gpu_check} has no step times (a check stopped before training): nothing to scale")
+        return 1
     hparams, logged = None, None
     if args.log:
         parsed = parse_log(args.log)
@@ -354,6 +363,17 @@ def main(argv=None):
             print(f"warning: no hparams line in {args.log}; using env/defaults")
     cfg = load_config(hparams=hparams)
     _report(cfg, estimate(cfg, measured), logged)
+    for phase, m in (measured or {}).get("peak_memory", {}).items():
+        print(f"peak memory {phase}: {m['allocated_gib']:.1f} GiB per rank (measured on {measured.get('device')}, "
+              f"1 process, compiled; allocated: the phase's own peak; the allocator held {m['reserved_gib']:.1f})")
+    if not args.no_memory:
+        from memory_estimate import memory_report  # imports torch and train_gpt.py
+        print()
+        try:
+            memory_report(cfg, GPUS)
+        except Exception as e:  # the time estimate stands; the memory one is missing: say so, fail
+            print(f"peak memory: not measured ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else '?'})")
+            return 1
     return 0
 
 
