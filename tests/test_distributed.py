@@ -256,3 +256,13 @@ def test_eval_only_rejects_a_bad_artifact_in_one_line(tmp_path, tiny_data, one_p
     assert {"missing": "EVAL_ONLY=1: no artifact at", "truncated": "not a complete zstd stream",
             "foreign": "no int5 container header", "other shape": "does not match the model configuration"}[case] in line, line
     assert not (tmp_path / "submission.json").exists()
+
+
+def test_compiled_eval_only_primes_its_graphs_and_reproduces_the_compiled_run(tmp_path, tiny_data, compiled):
+    out, log = compiled
+    art = tmp_path / "a.ptz"
+    art.write_bytes((out / "final_model.int5.ptz").read_bytes())
+    again = eval_only(tmp_path, tiny_data, ARTIFACT_PATH=art, COMPILE=1)
+    assert "priming: the evaluation graphs run and undone" in again and "recompiles after priming: 0" in again
+    for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
+        assert metric(again, key) == pytest.approx(metric(log, key), abs=1e-6), key  # compiled kernels: near-exact
