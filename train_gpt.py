@@ -481,7 +481,8 @@ class GPT(nn.Module):
             if j >= 0 and skips:  # LIFO; with recurrence the innermost pair (adjacent passes) has no slot
                 s, e = skips.pop(), len(skips)
                 if e < self.skip_weights.size(0):  # a skip after the split feeds both lanes
-                    x, lane = self.add_skip(e, x, s), None if lane is None else self.add_skip(e, lane, s)
+                    x = self.add_skip(e, x, s)
+                    lane = None if lane is None else self.add_skip(e, lane, s)
             if lane is None and j >= 0 and 0 <= pf <= i:
                 lane = x
             out = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None, lane)
@@ -795,7 +796,10 @@ def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: floa
         lo, hi = n, len(pos)
         while lo < hi:  # the fewest symbols whose predicted size fits with 0.1% margin
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if fixed + ratio * entropy_bytes(mid) <= 0.999 * budget else (mid + 1, hi)
+            if fixed + ratio * entropy_bytes(mid) <= 0.999 * budget:
+                hi = mid
+            else:
+                lo = mid + 1
         n = lo
         blob, _ = pack_artifact(zero_cheapest(qstate, names, owner, pos, n), (level,))
         size, info["packs"] = len(blob), info["packs"] + 1
@@ -992,11 +996,14 @@ def lora_batches(spans, seq_len: int, docs: int, world: int) -> list[tuple[int, 
     first, in global batches of one shape (W, R, segments): W the smallest of lora_shapes holding every
     window, R = docs * L / W rows per rank (every shape: the same tokens per step); rank r takes [r::world]."""
     segs = [(a, min(a + 4 * seq_len, hi), lo) for lo, hi in spans for a in range(lo, hi, 4 * seq_len)]
-    win = lambda s: next((w for w in lora_shapes(seq_len) if w >= s[1] - s[2]), seq_len)  # noqa: E731
-    order, out, i = sorted(segs, key=lambda s: (-win(s), s[0] - s[1])), [], 0
+
+    def window(seg) -> int:  # the smallest shape holding the segment's last window (from its document's start)
+        return next((w for w in lora_shapes(seq_len) if w >= seg[1] - seg[2]), seq_len)
+
+    order, out, i = sorted(segs, key=lambda s: (-window(s), s[0] - s[1])), [], 0
     while i < len(order):
-        W = win(order[i])  # docs >= 1 and W <= L: R >= 1
-        out.append((W, docs * seq_len // W, [s for s in order[i:i + docs * seq_len // W * world] if win(s) == W]))
+        W = window(order[i])  # docs >= 1 and W <= L: R >= 1
+        out.append((W, docs * seq_len // W, [s for s in order[i:i + docs * seq_len // W * world] if window(s) == W]))
         i += len(out[-1][2])
     return out
 
@@ -1475,7 +1482,10 @@ class Record:
 
     def write_files(self, status: str) -> None:
         h, rt, f, dev = self.h, self.rt, self.fields, self.device
-        r8 = lambda v: None if v is None else round(v, 8)  # noqa: E731
+
+        def r8(v):
+            return None if v is None else round(v, 8)
+
         ttt = f", score-first {h.ttt_mode} TTT" if f.get("ttt_val_bpb") is not None else ""
         quantizer = {True: "GPTQ ", False: "RTN ", None: ""}[f["gptq"]]  # None: a re-evaluated artifact's, not known
         sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
@@ -1635,5 +1645,6 @@ if __name__ == "__main__":
         os._exit(1)
     if dist.is_initialized():
         dist.destroy_process_group()
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)  # all is written: skip C++ teardown, which can abort at exit (~1 in 15 runs on gloo)

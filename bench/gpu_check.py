@@ -32,7 +32,7 @@ VAL_TOKENS = 1 << 19  # 512 K: the sliding pass and TTT in ~15 s on an H200
 SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="100", WARMUP_STEPS="4", TRAIN_LOG_EVERY="1",
                 MAX_WALLCLOCK_SECONDS="0", MAX_EVAL_SECONDS="600", SEED="1", RUN_ID="gpu_check",
                 BYTE_CAP="1000000000")  # 20 steps (QAT from step 6) leave near-init weights, which would prune to fit;
-# a trained model's export does not (README, full-size artifact): time the plain export
+# a trained model's export does not (docs/measurements.md, "Full-size artifact"): time the plain export
 FILES = ("logs/gpu_check.txt", "gpu_check.json", "gpu_check.stream.txt")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The data loader A/B of the README on a reduced bench in fp32 (for CPUs without fast bf16):
+# The data loader A/B of docs/measurements.md on a reduced bench in fp32 (for CPUs without fast bf16):
 # the SPEC §9 bench shape with 4 layers, 80 steps, TTT off; arms: the sequential stream of
 # commit 6c21868 and the loader of commit 421129d (before the issue-19 levers became defaults;
 # bench/levers_ab.sh measures those). Usage: bash bench/loader_ab.sh [OUT] [SEED...]
