@@ -2,10 +2,10 @@
 late int5 QAT, int5 GPTQ + zstd artifact, sliding-window eval and score-first TTT.
 Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or python3 train_gpt.py)
 Re-score an artifact without training: EVAL_ONLY=1 [ARTIFACT_PATH=...] torchrun ... train_gpt.py
-Hard rule: this file has at most 1,650 lines; every byte counts against the cap."""
+Hard rule: this file has at most 1,500 lines; every byte counts against the cap."""
 from __future__ import annotations
 
-import glob, hashlib, importlib, json, math, os, re, shutil, struct, sys, time, traceback, uuid
+import glob, hashlib, importlib, json, math, os, shutil, struct, sys, time, traceback, uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -34,20 +34,15 @@ class Hyperparameters:
     tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
     out_dir: str = "."; run_id: str = ""
     seed: int = 1337; vocab_size: int = 1024
-    iterations: int = 20000
-    warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph when compiling
+    iterations: int = 20000; warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph compiled
     warmdown_iters: int = 0; warmdown_frac: float = 0.667  # LR decay over the last N steps (0: this fraction of the run)
     max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
-    train_batch_tokens: int = 786_432
-    train_seq_len: int = 2048
-    grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
-    val_loss_every: int = 0; train_log_every: int = 100
-    num_layers: int = 11; model_dim: int = 512
+    train_batch_tokens: int = 786_432; train_seq_len: int = 2048
+    grad_accum_steps: int = 0; train_log_every: int = 100  # accumulation 0: 8 // world_size on CUDA, 1 on CPU
+    num_layers: int = 11; model_dim: int = 512; mlp_hidden: int = 1536
     num_heads: int = 8; num_kv_heads: int = 4
-    mlp_hidden: int = 1536
     bigram_buckets: int = 16384; bigram_dim: int = 128  # SPEC: 4096 buckets (README: spending the bytes)
-    ve_dim: int = 128; ve_layers: int = 2
-    xsa_last_n: int = -1  # -1: every layer
+    ve_dim: int = 128; ve_layers: int = 2; xsa_last_n: int = -1  # value embeddings in the last 2 layers; XSA in the last N (-1: all)
     parallel_from: int = 7; skip_gates: int = 1  # 2 lanes from the 1st decoder layer >= this (-1: one); gated skips
     recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; U-Net over all passes)...
     recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) training steps on
@@ -56,18 +51,14 @@ class Hyperparameters:
     matrix_lr: float = 0.025; embed_lr: float = 0.035; scalar_lr: float = 0.025
     muon_momentum: float = 0.97; muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5; muon_row_norm: int = 1  # MuonEq-R: rows normalised before NS5
-    weight_decay: float = 0.09
-    grad_clip_norm: float = 0.3; ema_decay: float = 0.9965
-    qat_threshold: float = 0.15
-    prune_pct: float = 0.0; byte_cap: int = BYTE_CAP  # magnitude-pruning floor; more only as far as BYTE_CAP needs
+    weight_decay: float = 0.09; grad_clip_norm: float = 0.3; ema_decay: float = 0.9965
+    qat_threshold: float = 0.15  # late QAT once the LR multiplier falls below this
+    byte_cap: int = BYTE_CAP  # over it, prune-to-fit zeroes just enough +-1 symbols
     gptq_calib_seqs: int = 64  # training sequences for the GPTQ Hessians (0: round to nearest)
     gptq_reserve_seconds: float = 2.0  # of MAX_WALLCLOCK_SECONDS kept for calibration (est. 0.6 s; at least 2x its primed time)
-    zstd_levels: str = "16"  # the smallest frame of these wins ("16,19,22": bench; 16 won every measurement)
     eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this
     eval_stride: int = 64; eval_batch_seqs: int = 32
-    ttt_enabled: int = 1; ttt_lr: float = 4e-4; ttt_epochs: int = 3; ttt_grad_clip: float = 1.0
-    ttt_chunk_tokens: int = 32768; ttt_batch_seqs: int = 8; ttt_log_every: int = 1
-    ttt_mode: str = "lora"  # "lora": per-document LoRA TTT (doc-isolated); "chunk": the MLPs adapt on stream chunks
+    ttt_enabled: int = 1; ttt_epochs: int = 3; ttt_log_every: int = 1  # per-document LoRA TTT (0 epochs: scoring only)
     ttt_lora_rank: int = 64; ttt_lora_lr: float = 2e-4; ttt_lora_wd: float = 0.5; ttt_lora_chunk: int = 128  # tokens
     ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W)
     compile: int = -1; flash_attn: int = 1  # -1: compile on CUDA only; FlashAttention-3 on CUDA when importable (0: SDPA)
@@ -238,27 +229,9 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
 def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
-def prune_thresholds(ws: list[torch.Tensor], frac: float) -> torch.Tensor:
-    """Per matrix, the `frac`-quantile of |w| (kthvalue; -1 when nothing is pruned). Matrices
-    of one shape share one batched kthvalue: on CUDA a single flat one is a one-SM select."""
-    out = torch.full((len(ws),), -1.0, device=ws[0].device)
-    by_shape: dict = {}
-    for i, w in enumerate(ws):
-        by_shape.setdefault(tuple(w.shape), []).append(i)
-    for shape, idx in by_shape.items():
-        k = int(frac * math.prod(shape))
-        if k > 0:
-            flat = torch.stack([ws[i].detach().float().flatten() for i in idx]).abs()
-            out[idx] = flat.kthvalue(k, dim=1).values
-    return out
-
-def prune_below(w: torch.Tensor, thresh) -> torch.Tensor:
-    """The exporter's magnitude pruning: zeroes every |w| <= thresh."""
-    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
-
-def fake_quant(w: torch.Tensor, thresh) -> torch.Tensor:
-    """Straight-through prune + int5: forward sees the shipped weights, backward is identity."""
-    return w + (dequantize_int5(*quantize_int5(prune_below(w.detach(), thresh))) - w).detach()
+def fake_quant(w: torch.Tensor) -> torch.Tensor:
+    """Straight-through int5: forward sees the shipped weights, backward is identity."""
+    return w + (dequantize_int5(*quantize_int5(w.detach())) - w).detach()
 
 # ----------------------------------------------------------------------------- model
 
@@ -266,15 +239,13 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 class QATMixin:
-    """Late QAT: once `qat` is on, the forward sees the weight pruned at `qat_thresh` (set
-    once per step outside the compiled graph by set_qat) and rounded to int5."""
+    """Late QAT: once `qat` is on (set_qat), the forward sees the weight rounded to int5 as exported."""
 
     def init_qat(self) -> None:
         self.qat = False
-        self.register_buffer("qat_thresh", torch.tensor(-1.0), persistent=False)
 
     def qweight(self) -> torch.Tensor:
-        return fake_quant(self.weight, self.qat_thresh) if self.qat else self.weight
+        return fake_quant(self.weight) if self.qat else self.weight
 
 class CastedLinear(QATMixin, nn.Linear):
     def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
@@ -499,16 +470,10 @@ def quantized_modules(model: nn.Module) -> list[nn.Module]:
     """Every module whose 2-D weight ships as int5 (and sees QAT)."""
     return [m for m in model.modules() if isinstance(m, QATMixin)]
 
-@torch.no_grad()
-def set_qat(model: nn.Module, prune: float | None) -> None:
-    """QAT off (None) or on, pruning at today's `prune`-quantile of each matrix: call it
-    before every QAT step (the weights move), never inside the compiled graph."""
-    mods = quantized_modules(model)
-    if prune is not None:
-        torch._foreach_copy_([m.qat_thresh for m in mods],
-                             list(prune_thresholds([m.weight for m in mods], prune).unbind()))
-    for m in mods:
-        m.qat = prune is not None
+def set_qat(model: nn.Module, on: bool) -> None:
+    """QAT on or off for every int5 matrix (outside the compiled graph: each state is its own graph)."""
+    for m in quantized_modules(model):
+        m.qat = on
 
 # ----------------------------------------------------------------------------- optimizers
 
@@ -633,10 +598,9 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
 # the cheapest +-1 symbols become 0, just enough to fit. Written atomically; loads validate.
 
 ARTIFACT_MAGIC = b"PGINT5\x00\x01"
-ZSTD_LEVELS = (16,)  # level 16 won every measurement; bench: ZSTD_LEVELS=16,19,22
+ZSTD_LEVELS = (16,)  # level 16 won every measurement of 16, 19 and 22 (the benches still compare them)
 
-def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: dict | None = None,
-                   log=print) -> dict:
+def quantize_state(state: dict, int5_names: set, hessians: dict | None = None, log=print) -> dict:
     """name -> ('int5', q, scale) or ('raw', fp32 tensor). A matrix whose Hessian is not finite
     or cannot be factored is rounded to nearest at its clip instead (and the log says so)."""
     out = {}
@@ -646,7 +610,7 @@ def quantize_state(state: dict, int5_names: set, prune: float = 0.0, hessians: d
         if name not in int5_names:
             out[name] = ("raw", t)
             continue
-        t, q = prune_below(t, prune_thresholds([t], prune)[0]), None
+        q = None
         if H is not None:
             try:
                 if not torch.isfinite(H).all():
@@ -768,12 +732,11 @@ def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
             out[name] = ("int5", q, qstate[name][2])
     return out
 
-def export_within_cap(state: dict, int5_names: set, code_bytes: int, prune: float = 0.0,
-                      hessians: dict | None = None, cap: int = BYTE_CAP, log=print,
-                      levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
+def export_within_cap(state: dict, int5_names: set, code_bytes: int, hessians: dict | None = None,
+                      cap: int = BYTE_CAP, log=print, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
     """Quantizes and packs; over the cap, zeroes the cheapest +-1 symbols, just enough. Their
     count comes from the symbols' order-0 entropy, scaled to bytes by the last real pack."""
-    qstate = quantize_state(state, int5_names, prune, hessians, log)
+    qstate = quantize_state(state, int5_names, hessians, log)
     blob, sizes = pack_artifact(qstate, levels)
     level = min(sizes, key=sizes.get)
     info = dict(level=level, sizes=sizes, pruned=0, pruned_frac=0.0, packs=1)
@@ -882,43 +845,11 @@ def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device
     with torch.inference_mode():
         return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len, batch_seqs, 0, n, rank, world, device)
 
-def ttt_keep_adapting(elapsed: float, adapt_avg: float, score_avg: float, chunks_left: int, budget: float) -> bool:
-    """Adapt once more only if that and scoring every remaining chunk fit in the budget."""
-    return elapsed + adapt_avg + 1.1 * score_avg * chunks_left <= budget
-
-def ttt_params(model: GPT) -> list[nn.Parameter]:
-    """The MLP matrices, selected by module identity."""
-    return [p for blk in model.blocks for p in (blk.mlp.up.weight, blk.mlp.down.weight)]
-
 def set_trainable(model: GPT, params: list | None) -> None:
     """Only `params` get gradients (None: all). Adapting and scoring are separately primed graphs."""
     chosen = {id(p) for p in (model.parameters() if params is None else params)}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
-
-def ttt_batch_plan(lo: int, hi: int, seq_len: int, batch_seqs: int, rank: int, world: int):
-    """This rank's share of each TTT step over the chunk's whole sequences, in one fixed shape: (starts,
-    weights), each (steps, ceil(batch_seqs / world)). A weight is 1/(tokens in the step), 0 for padding,
-    so gradients summed across ranks are the step's mean."""
-    starts = list(range(lo, hi - seq_len + 1, seq_len))
-    per = -(-batch_seqs // world)
-    S, W = [], []
-    for b in range(0, len(starts), batch_seqs):
-        step = starts[b:b + batch_seqs]
-        mine = step[rank::world]
-        S.append(mine + [step[0]] * (per - len(mine)))
-        W.append([1 / (len(step) * seq_len)] * len(mine) + [0.0] * (per - len(mine)))
-    return torch.tensor(S, dtype=torch.long).view(-1, per), torch.tensor(W).view(-1, per)
-
-def ttt_step(run_model, tokens, starts, weights, params, opt, h: Hyperparameters, world: int) -> None:
-    idx = starts[:, None] + torch.arange(h.train_seq_len, device=tokens.device)
-    with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
-        nll = run_model(tokens[idx], tokens[idx + 1], reduce=False)
-    (nll.float().sum(1) * weights).sum().backward()
-    all_reduce_grads(params, world, mean=False)  # the weights already make it the global mean
-    torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 def sync(device) -> None:
     if device.type == "cuda":
@@ -927,60 +858,6 @@ def sync(device) -> None:
 def reduce_max(rt, *values: float) -> list[float]:
     """The largest of each value over the ranks: inputs every rank decides on alike."""
     return all_reduce(torch.tensor(values, dtype=torch.float64, device=rt.device), rt.world, dist.ReduceOp.MAX).tolist()
-
-def eval_ttt(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
-             nbytes: torch.Tensor, clock, log=print, budget: float | None = None) -> torch.Tensor:
-    """Score-first TTT: for each chunk, score it under inference_mode, then (except for the last) adapt
-    the MLP matrices on it. Returns per-target nll over the whole stream. One host sync per chunk;
-    the budget decision's inputs are reduced (max) across ranks, so every rank decides alike."""
-    L, C = h.train_seq_len, h.ttt_chunk_tokens
-    n = tokens.numel() - 1
-    n_chunks = math.ceil(n / C)
-    budget = h.max_eval_seconds if budget is None else budget
-    tokens, nbytes = tokens.to(device), nbytes.to(device)
-    params = ttt_params(model)
-    opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    nll = torch.zeros(n, device=device)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # running nll, bytes
-    adapting, score_t, adapt_t, adapts, steps = h.ttt_epochs > 0, 0.0, 0.0, 0, 0
-    for c in range(n_chunks):
-        lo, hi = c * C, min(n, (c + 1) * C)
-        sync(device)
-        t0 = clock()
-        model.eval()
-        with torch.inference_mode():
-            nll[lo:hi] = score_windows(run_model, tokens, window_plan(lo, hi, L, h.eval_stride), L,
-                                       h.eval_batch_seqs, lo, hi, rank, world, device)
-        sums += torch.stack([nll[lo:hi].double().sum(), nbytes[lo:hi].double().sum()])
-        sync(device)
-        t1 = clock()
-        score_t += t1 - t0
-        score_avg = score_t / (c + 1)  # before the first adaptation is timed: priced from scoring (fwd+bwd = 3 fwd)
-        adapt_avg = adapt_t / adapts if adapts else 3 * h.ttt_epochs * h.eval_stride / L * score_avg
-        stats = torch.cat([torch.tensor([t1, score_avg, adapt_avg], dtype=torch.float64, device=device), sums])
-        elapsed, score_avg, adapt_avg, nll_sum, byte_sum = all_reduce(stats, world, dist.ReduceOp.MAX).tolist()
-        last = c == n_chunks - 1
-        if adapting and not last and not ttt_keep_adapting(elapsed, adapt_avg, score_avg, n_chunks - c - 1, budget):
-            adapting = False
-            log(f"ttt budget: stopped adapting at chunk {c}/{n_chunks}, elapsed {elapsed:.1f}s; scoring the rest")
-        if adapting and not last:
-            lr = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(1, n_chunks - 2)))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            starts, weights = (t.to(device) for t in ttt_batch_plan(lo, hi, L, h.ttt_batch_seqs, rank, world))
-            model.train()
-            set_trainable(model, params)
-            for _ in range(h.ttt_epochs):
-                for s, w in zip(starts, weights):
-                    ttt_step(run_model, tokens, s, w, params, opt, h, world)
-                steps += len(starts)
-            set_trainable(model, None)
-            sync(device)
-            adapt_t, adapts = adapt_t + clock() - t1, adapts + 1
-        if h.ttt_log_every > 0 and ((c + 1) % h.ttt_log_every == 0 or last):
-            log(f"ttt_chunk [{c + 1}/{n_chunks}] bpb={nll_sum / (math.log(2) * byte_sum):.4f} time={elapsed:.1f}s")
-    log(f"ttt adapted {adapts}/{n_chunks} chunks: scoring {score_t:.1f}s, adapting {adapt_t:.1f}s in {steps} steps")
-    return nll
 
 def doc_spans(tokens: torch.Tensor, n: int, bos: int = 1) -> list[tuple[int, int]]:
     """Each document's targets [lo, hi): inputs from its BOS (or the stream's start) on; its
@@ -1057,14 +934,10 @@ class LoraGuard:
 
     def __init__(self, steps_before: list[int], budget: float, clock, world: int, device, log, enabled: bool):
         self.steps_before = steps_before  # LoRA steps before each batch, and in all (the last)
-        self.budget = budget
-        self.clock = clock
-        self.world = world
-        self.device = device
-        self.log = log
+        self.budget, self.clock, self.log = budget, clock, log
+        self.world, self.device = world, device
         self.adapting = enabled  # False for good once the guard fires
-        self.adapted = 0  # steps that adapted
-        self.t_start = clock()
+        self.adapted, self.t_start = 0, clock()  # steps that adapted; when TTT started
 
     def __call__(self, b: int, k: int) -> bool:  # called alike on every rank: whether step k of batch b adapts
         done, total = self.steps_before[b] + k, self.steps_before[-1]
@@ -1081,10 +954,10 @@ class LoraGuard:
         return self.adapting
 
 def eval_lora(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
-              nbytes: torch.Tensor, clock, log=print, budget: float | None = None) -> torch.Tensor:
+              clock, log=print, budget: float | None = None) -> torch.Tensor:
     """Per-document score-first LoRA TTT: each document scored alone (context from itself only), chunk by
     chunk, by adapters trained on its earlier chunks only, fresh per batch. The guard's inputs are reduced
-    (max) across ranks at every 8th step of each batch: all stop alike. Per-target nll (nbytes: unused)."""
+    (max) across ranks at every 8th step of each batch: all stop alike. Returns per-target nll."""
     n, c, budget = tokens.numel() - 1, h.ttt_lora_chunk, h.max_eval_seconds if budget is None else budget
     tokens, batches = tokens.to(device), lora_batches(doc_spans(tokens, n), h.train_seq_len, h.ttt_lora_docs, world)
     before = np.cumsum([0] + [-(-(docs[0][1] - docs[0][0]) // c) for _, _, docs in batches]).tolist()  # steps
@@ -1175,14 +1048,13 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (h.train_batch_tokens % (world * accum * L), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={L}"),
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
-        (not h.ttt_chunk_tokens >= L >= h.eval_stride > 0, "need TRAIN_SEQ_LEN <= TTT_CHUNK_TOKENS and 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
-        (h.ttt_mode not in ("lora", "chunk") or min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, f"need TTT_MODE=lora or chunk (got {h.ttt_mode!r}), TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
+        (not L >= h.eval_stride > 0, "need 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
+        (min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, "need TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (h.artifact_path and not h.eval_only, f"ARTIFACT_PATH={h.artifact_path!r} is read by EVAL_ONLY=1 alone (a training run writes OUT_DIR's artifact)"),
         (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1")]:
         if bad:
             raise RunError(msg)
-    parse_levels(h.zstd_levels)
     parse_recur(h.recur_layers, h.num_layers)
     probe = Path(h.out_dir) / "logs" / f".probe_{os.getpid()}"
     try:
@@ -1193,12 +1065,6 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         raise RunError(f"OUT_DIR {h.out_dir} is not writable ({e})")
     if shutil.disk_usage(h.out_dir).free < 3 * h.byte_cap:
         raise RunError(f"OUT_DIR {h.out_dir} has {shutil.disk_usage(h.out_dir).free} bytes free, fewer than 3 x BYTE_CAP")
-
-def parse_levels(spec: str) -> tuple[int, ...]:
-    levels = tuple(map(int, spec.split(","))) if re.fullmatch(r"\d+(,\d+)*", spec) else ()
-    if not levels or not all(1 <= lv <= 22 for lv in levels):
-        raise RunError(f"ZSTD_LEVELS={spec!r} must be zstd levels 1..22, comma-separated")
-    return levels
 
 def fullgraph_error(fn, *args) -> str | None:
     """None if fn(*args) compiles as one graph and runs forward and backward, else why not (one line)."""
@@ -1273,8 +1139,8 @@ class Trainer:
     def step(self, x, y, mult: float, step: int, qat: bool) -> torch.Tensor:
         h, rt = self.h, self.rt
         self.model.train()
-        if qat:  # QAT is switched off explicitly (set_qat(model, None)) wherever it ends
-            set_qat(self.model, h.prune_pct)
+        if qat:  # QAT is switched off explicitly (set_qat(model, False)) wherever it ends
+            set_qat(self.model, True)
         frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
         for g in self.optimizers[0].param_groups:
             g["momentum"] = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
@@ -1294,10 +1160,10 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         return total
 
-    def elapsed_ms(self, t0: float, before_ms: float = 0.0) -> float:
+    def elapsed_ms(self, t0: float) -> float:
         """Training time so far: one clock for all ranks (the slowest); syncs the device."""
         sync(self.rt.device)
-        return reduce_max(self.rt, before_ms + 1000 * (time.perf_counter() - t0))[0]
+        return reduce_max(self.rt, 1000 * (time.perf_counter() - t0))[0]
 
     def prime(self, train: bool = True) -> tuple[float, float]:
         """Runs every graph the run needs (training plain, with recurrence, with QAT; scoring; the TTT steps) on
@@ -1326,28 +1192,20 @@ class Trainer:
             x, y = self.batch()
             self.step(x, y, 1.0, 0, qat)
             times[recurrent, qat].append(self.elapsed_ms(t0))
-        set_qat(model, None)
+        set_qat(model, False)
         if n:
             log_memory(rt, "priming: training steps")
         x, y = self.loader.batch(1, 0, 1)
         toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
-        params, per, L = ttt_params(model), -(-h.ttt_batch_seqs // rt.world), h.train_seq_len
-        lora = h.ttt_enabled and h.ttt_mode == "lora"
+        L = h.train_seq_len
         for recurrent in recs:  # eval as trained (or, stopped before the switch, without it)
             model.recur = recurrent
             eval_sliding(self.run_model, toks, L, L, h.eval_batch_seqs, 0, 1, rt.device)
             log_memory(rt, "priming: sliding eval" + " (recurrent)" * recurrent)
-            for W in lora_shapes(L) if lora else ():  # per shape an adapting step (with a graph), then a scoring one
+            for W in lora_shapes(L) if h.ttt_enabled else ():  # per shape an adapting step (with a graph), then a scoring one
                 lora_batch(self.run_model, model, toks, torch.zeros(L, device=rt.device), [(0, W, 0)], W,
                            h.ttt_lora_docs * L // W, 2, lora_init(model, h.ttt_lora_rank), h, lambda k: True)
                 log_memory(rt, f"priming: lora ttt window {W}, {h.ttt_lora_docs * L // W} rows" + " (recurrent)" * recurrent)
-            if h.ttt_enabled and not lora:
-                model.train()
-                set_trainable(model, params)
-                ttt_step(self.run_model, toks, torch.zeros(per, dtype=torch.long, device=rt.device),
-                         torch.full((per,), 1.0 / L, device=rt.device), params, torch.optim.AdamW(params), h, 1)
-                set_trainable(model, None)
-                log_memory(rt, "priming: chunk ttt step" + " (recurrent)" * recurrent)
         model.recur = recur_before
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
@@ -1363,7 +1221,7 @@ class Trainer:
                f"qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}")
         return ratios[0], ratios[1]
 
-    def train(self, ratios: tuple[float, float], validate) -> tuple[int, float]:
+    def train(self, ratios: tuple[float, float]) -> tuple[int, float]:
         """The timed loop; leaves the EMA weights in the model; returns (steps, training ms)."""
         h, rt, log, model = self.h, self.rt, self.rt.log, self.model
         qat_ratio, recur_ratio = ratios
@@ -1374,18 +1232,18 @@ class Trainer:
         if h.max_wallclock_seconds > 0:
             log(f"training clock: {h.max_wallclock_seconds - reserve:.1f}s, {reserve:.1f}s kept for GPTQ calibration (timed: {timed:.0f}ms)")
         wall_ms = 1000 * (h.max_wallclock_seconds - reserve)
-        stop_at, step, before_ms, qat_from, qat_at_ms = h.iterations, 0, 0.0, None, 0.0
+        stop_at, step, qat_from, qat_at_ms = h.iterations, 0, None, 0.0
         recur_from, recur_at_ms, switch = None, 0.0, recur_at_end(h)
         sync(rt.device)
         t0 = time.perf_counter()
         while step < stop_at:
             if switch and recur_from is None and step >= min(h.recur_start_frac * stop_at, stop_at - 1):
-                model.recur, recur_from, recur_at_ms = True, step, self.elapsed_ms(t0, before_ms)
+                model.recur, recur_from, recur_at_ms = True, step, self.elapsed_ms(t0)
                 log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
             mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
             if qat_from is None and mult < h.qat_threshold:
-                qat_from, qat_at_ms = step, self.elapsed_ms(t0, before_ms)
-                log(f"qat: prune {h.prune_pct:.2f} + int5 round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
+                qat_from, qat_at_ms = step, self.elapsed_ms(t0)
+                log(f"qat: int5 round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
             loss = self.step(*self.batch(), mult, step, qat_from is not None)
             with torch.no_grad():
                 d = min(h.ema_decay, (1 + step) / (10 + step))
@@ -1394,7 +1252,7 @@ class Trainer:
             log_now = step <= 10 or step % h.train_log_every == 0 or step == stop_at
             slower = step % 10 == 0 and (qat_from is not None or (recur_from is not None and step - recur_from <= 50))
             if log_now or slower:  # QAT and recurrent steps are slower: re-predict
-                elapsed = self.elapsed_ms(t0, before_ms)
+                elapsed = self.elapsed_ms(t0)
                 if h.max_wallclock_seconds > 0:  # plain: the mean non-QAT step since the recurrence switch
                     a, a_ms = (recur_from, recur_at_ms) if recur_from is not None else (0, 0.0)
                     b, b_ms = (qat_from, qat_at_ms) if qat_from is not None else (step, elapsed)
@@ -1413,17 +1271,12 @@ class Trainer:
                 if not math.isfinite(loss_v):
                     raise SharedError(f"non-finite training loss at step {step}")
                 log(f"step:{step}/{stop_at} train_loss:{loss_v:.4f} train_time:{elapsed:.0f}ms step_avg:{elapsed / step:.2f}ms")
-            if h.val_loss_every > 0 and step % h.val_loss_every == 0 and step < stop_at:
-                before_ms = self.elapsed_ms(t0, before_ms)
-                vl, vb = validate()
-                log(f"step:{step}/{stop_at} val_loss:{vl:.4f} val_bpb:{vb:.4f}")
-                t0 = time.perf_counter()
-        set_qat(self.model, None)
+        set_qat(self.model, False)
         if model.recur != switch:
             log(f"WARNING: training stopped at step {step} before the recurrence switched on; it stays off (lower RECUR_START_FRAC)")
         if model.recur_layers:
             model.recur_on.fill_(float(model.recur))
-        ms = self.elapsed_ms(t0, before_ms)
+        ms = self.elapsed_ms(t0)
         with torch.no_grad():
             torch._foreach_copy_(self.params, ema)
         return step, ms
@@ -1443,8 +1296,7 @@ def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_byt
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
     def write() -> tuple[int, dict]:
         int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
-        blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, h.prune_pct,
-                                       hessians, h.byte_cap, rt.log, parse_levels(h.zstd_levels))
+        blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, hessians, h.byte_cap, rt.log)
         write_atomic(artifact, blob)
         return len(blob), dict(info, sha256=hashlib.sha256(blob).hexdigest())
     return shared_outcome(rt, write, rank0_only=True)
@@ -1462,8 +1314,7 @@ class Record:
     it changes; `status` says which score it is ("final", or provisional: TTT has not finished)."""
 
     def __init__(self, h: Hyperparameters, rt: Runtime):
-        self.h = h
-        self.rt = rt
+        self.h, self.rt = h, rt
         self.fields = {}  # the results so far
         self.violations = []  # broken rules: the run fails, the record says so
         self.device = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"  # read while CUDA is sound
@@ -1486,7 +1337,7 @@ class Record:
         def r8(v):
             return None if v is None else round(v, 8)
 
-        ttt = f", score-first {h.ttt_mode} TTT" if f.get("ttt_val_bpb") is not None else ""
+        ttt = ", score-first lora TTT" if f.get("ttt_val_bpb") is not None else ""
         quantizer = {True: "GPTQ ", False: "RTN ", None: ""}[f["gptq"]]  # None: a re-evaluated artifact's, not known
         sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, int5 "
@@ -1512,7 +1363,7 @@ def train_and_export(h: Hyperparameters, rt: Runtime, trainer: Trainer, record: 
     for f in (artifact.name, "submission.json", "train.log") if rt.rank == 0 else ():
         (Path(h.out_dir) / f).unlink(missing_ok=True)  # this run's results replace the last run's, whatever happens
     ratios = trainer.prime()
-    steps, train_ms = trainer.train(ratios, validate)
+    steps, train_ms = trainer.train(ratios)
     log_memory(rt, "training")
     hessians, calib_ms = trainer.calibrate()
     log_memory(rt, "gptq calibration")
@@ -1579,7 +1430,7 @@ def main() -> None:
     run_model = trainer.run_model
 
     def validate() -> tuple[float, float]:  # the standard eval: non-overlapping windows
-        set_qat(model, None)
+        set_qat(model, False)
         L = h.train_seq_len
         return bpb(eval_sliding(run_model, val_tokens, L, L, h.eval_batch_seqs, rt.rank, rt.world, device), val_bytes)
 
@@ -1605,21 +1456,20 @@ def main() -> None:
     record.fields.update(bytes_code=code_bytes, roundtrip_val_bpb=rt_bpb, sliding_val_bpb=sl_bpb)
     ttt_on = bool(h.ttt_enabled)
     if ttt_on:
-        sl_s *= max(1.0, h.eval_stride / h.ttt_lora_chunk) if h.ttt_mode == "lora" else 1.0  # LoRA scores W/c <= L/c tokens a target
+        sl_s *= max(1.0, h.eval_stride / h.ttt_lora_chunk)  # LoRA scores W/c <= L/c tokens a target
         ttt_on = now + 1.1 * sl_s <= budget
         if not ttt_on:
             log(f"ttt skipped: {now:.1f}s + scoring (~{sl_s:.1f}s) would pass the {budget:g}s eval budget; the score is the sliding one")
     if ttt_on:  # the sliding score is a record before TTT starts: a failed TTT leaves it, marked
         record.write("provisional: the sliding score; TTT has not finished", val_bpb=sl_bpb, val_loss=sl_loss, eval_time_s=now)
         try:
-            nll = (eval_lora if h.ttt_mode == "lora" else eval_ttt)(model, run_model, val_tokens, h, rt.rank, rt.world,
-                                                                    device, val_bytes, clock, log, budget)
+            nll = eval_lora(model, run_model, val_tokens, h, rt.rank, rt.world, device, clock, log, budget)
             final_loss, final_bpb = scored(log, "legal_ttt_exact", bpb(nll, val_bytes))
         except Exception as e:
             record.write(f"provisional: TTT did not finish ({first_line(e)}); the score is the sliding one",
                          collective=False, eval_time_s=clock())
             raise
-        log_memory(rt, f"{h.ttt_mode} ttt")
+        log_memory(rt, "lora ttt")
         log(f"ttt_gain:{sl_bpb - final_bpb:.6f}")
         record.fields.update(ttt_val_bpb=final_bpb)
     else:

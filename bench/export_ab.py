@@ -34,25 +34,24 @@ def main() -> None:
     pre = evaluate(tg.pack_artifact({n: ("raw", t.float()) for n, t in state.items()}, (3,))[0])
     weighted = {n: ("int5", *tg.quantize_int5(t.float(), torch.diag(hs[n]) if n in hs else None))
                 if n in names else ("raw", t.float()) for n, t in state.items()}
-    rows = [("RTN, MSE clip, 15% prune (first release)", tg.quantize_state(state, names, 0.15)),
-            ("RTN, MSE clip, no prune", tg.quantize_state(state, names, 0.0)),
+    rows = [("RTN, MSE clip, no prune", tg.quantize_state(state, names)),  # the 15% magnitude-prune arm left with PRUNE_PCT
             ("RTN, diag(H)-weighted clip, no prune", weighted),
-            ("GPTQ, diag(H)-weighted clip, no prune (default)", tg.quantize_state(state, names, 0.0, hs))]
+            ("GPTQ, diag(H)-weighted clip, no prune (default)", tg.quantize_state(state, names, hs))]
     print(f"pre-quant EMA (fp32 weights): {pre:.5f} after {steps} steps")
     print("| export of the same weights | bytes at zstd 16 / 19 / 22 | smallest | pruned | roundtrip | gap |")
     print("|---|---|---|---|---|---|")
     sizes_by_row = []
     for label, q in rows:
-        blob, sizes = tg.pack_artifact(q, tg.parse_levels(os.environ.get("ZSTD_LEVELS", "16,19,22")))  # compare levels
+        blob, sizes = tg.pack_artifact(q, tuple(int(lv) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")))  # compare levels
         sizes_by_row.append(sizes)
         sz = " / ".join(f"{sizes[lv]:,}" for lv in sorted(sizes))
         r = evaluate(blob)
         print(f"| {label} | {sz} | {len(blob):,} | 0 | {r:.5f} | {r - pre:+.5f} |", flush=True)
-    for label, model_bytes in (("the first release's zstd-22 bytes", sizes_by_row[0][22]),
+    for label, model_bytes in (("RTN's zstd-22 bytes", sizes_by_row[0][22]),
                                ("5% under the default export", int(0.95 * len(blob)))):
         t0 = time.perf_counter()
         try:
-            packed, info = tg.export_within_cap(state, names, code, 0.0, hs, code + model_bytes, log=lambda m: None)
+            packed, info = tg.export_within_cap(state, names, code, hs, code + model_bytes, log=lambda m: None)
         except tg.RunError as e:
             print(f"| GPTQ + prune-to-fit at {label} ({model_bytes:,} + code) | {e} |")
             continue

@@ -53,10 +53,10 @@ x, _ = loader.batch(calib, 0, 1)
 hs = tg.collect_hessians(model, x, 4, 1)
 t_calib = time.perf_counter() - t0
 t0 = time.perf_counter()
-q = tg.quantize_state(model.state_dict(), names, 0.0, hs)
+q = tg.quantize_state(model.state_dict(), names, hs)
 t_gptq = time.perf_counter() - t0
 t0 = time.perf_counter()
-blob, sizes = tg.pack_artifact(q, tg.parse_levels(os.environ.get("ZSTD_LEVELS", "16,19,22")))  # compare levels
+blob, sizes = tg.pack_artifact(q, tuple(int(lv) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")))  # compare levels
 t_pack = time.perf_counter() - t0
 syms = np.concatenate([q[n][1].numpy().ravel() for n in names])
 counts = np.bincount(syms.astype(np.int64) + 15, minlength=31)
@@ -78,7 +78,7 @@ print(f"bytes_code {code:,}  bytes_total {code + len(blob):,}  cap {tg.BYTE_CAP:
       f" = {(tg.BYTE_CAP - code - len(blob)) / tg.BYTE_CAP:.2%})")
 cap = int(os.environ.get("TIGHT_CAP", code + 0.98 * len(blob)))
 t0 = time.perf_counter()
-blob2, info = tg.export_within_cap(model.state_dict(), names, code, 0.0, hs, cap)
+blob2, info = tg.export_within_cap(model.state_dict(), names, code, hs, cap)
 print(f"with BYTE_CAP {cap:,}: bytes_model {len(blob2):,}, zeroed {info['pruned']:,} +-1 symbols "
       f"({info['pruned_frac']:.3%}) in {info['packs']} packs, {time.perf_counter() - t0:.1f}s in all")
 path = Path(os.environ.get("TMPDIR", "/tmp")) / "full_size.int5.ptz"

@@ -37,7 +37,7 @@ def gptq_aware(state, names, hs, fracs=tg.GPTQ_CLIP_FRACS, refit=False):
     every clip fraction (rows are independent) and each row keeps the one with the least
     e^T H e. refit: then each row's scale is refitted to q^T H w / q^T H q (fp16) and GPTQ
     runs once more at that scale."""
-    out = tg.quantize_state(state, names, 0.0, hs)
+    out = tg.quantize_state(state, names, hs)
     for n in hs:
         w, H = state[n].float(), hs[n].float()
         fr = torch.tensor(fracs)
@@ -103,7 +103,7 @@ def main() -> None:
     for i, (label, kw) in enumerate(variants):
         if only and str(i) not in only.split(","):
             continue
-        q = (tg.quantize_state(state, names, 0.0, hs) if kw == "default" else gptq_aware(state, names, hs, refit=kw == "refit")
+        q = (tg.quantize_state(state, names, hs) if kw == "default" else gptq_aware(state, names, hs, refit=kw == "refit")
              if kw in ("aware", "refit") else export(state, names, hs, **kw))
         r, nb = evaluate(q)
         print(f"| {label} | {nb:,} | {r:.5f} | {r - pre:+.5f} |", flush=True)

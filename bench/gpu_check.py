@@ -62,7 +62,10 @@ def figures(log: str) -> dict:
     qat_end = qat_at if qat_at is not None else last
 
     def ms_per_step(a, b):
-        return (steps[b] - steps[a]) / (b - a) if a is not None and b is not None and b > a and a in steps and b in steps else None
+        """Mean ms of steps a+1..b; None when the log has no such stretch."""
+        if a is None or b is None or b <= a or a not in steps or b not in steps:
+            return None
+        return (steps[b] - steps[a]) / (b - a)
 
     val = num(r"^val_tokens:(\d+)", int)
     rt_s, sl_s = num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"), num(r"^final_sliding_exact .* time:([\d.]+)s")
@@ -72,9 +75,9 @@ def figures(log: str) -> dict:
               for p, a, r in re.findall(r"^peak memory (.+?): ([\d.]+) GiB allocated, ([\d.]+) GiB reserved", log, re.M)}
     return dict(
         device=num(r"device:(.+?) compile:", str), attention=num(r"attention:(\S+)", str),
-        step_ms=ms_per_step(0, rec_at if rec_at is not None and rec_at < qat_end else qat_end) if rec_at != 0 else None,
-        recur_step_ms=ms_per_step(rec_at, qat_end) if rec_at is not None else None,
-        qat_step_ms=ms_per_step(qat_at, last) if qat_at is not None else None,
+        step_ms=ms_per_step(0, min(rec_at, qat_end) if rec_at is not None else qat_end),  # plain steps: before both
+        recur_step_ms=ms_per_step(rec_at, qat_end),
+        qat_step_ms=ms_per_step(qat_at, last),
         peak_memory=memory,
         recompiles_after_priming=num(r"recompiles after priming: (\d+)", int),
         standard_eval_tok_s=val / rt_s if val and rt_s else None,

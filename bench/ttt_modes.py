@@ -1,9 +1,9 @@
 """Issue 20's bench: the score-first TTT modes on saved artifacts, paired by seed.
 
 For each bench run folder (its final_model.int5.ptz and its log's hparams line give the model),
-the reloaded artifact is scored five ways: the stride sliding window; chunked TTT at the run's
+the reloaded artifact is scored five ways: the stride sliding window; chunked TTT (bench/chunk_ttt.py) at
 TTT_CHUNK_TOKENS; chunked TTT with chunks small enough for >= 100 of them (closer to a full run's
-1,893); doc-isolated scoring alone (TTT_MODE=lora with TTT_EPOCHS=0); per-document LoRA TTT.
+1,893); doc-isolated scoring alone (LoRA TTT with TTT_EPOCHS=0); per-document LoRA TTT.
 Every arm writes a mini-log per seed (an hparams line and its final-score line, as train_gpt.py
 prints them) under OUT/<arm>/, so tools/significance.py compares arms paired by seed.
 Usage: PYTHONPATH=bench/fp32 [ARMS=sliding,chunk,...] python3 bench/ttt_modes.py OUT RUN_DIR [RUN_DIR ...]
@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_gpt as tg  # noqa: E402
 from logparse import parse_log  # noqa: E402
 from ttt_sweep import validation  # noqa: E402
+from chunk_ttt import chunk_hparams, eval_ttt  # noqa: E402
 
 
 def run_hparams(run_dir: Path) -> "tg.Hyperparameters":
@@ -42,12 +43,13 @@ def score(arm: str, run_dir: Path, h, val, nbytes) -> tuple[float, float, float]
     if arm == "sliding":
         nll = tg.eval_sliding(model, val, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, 0, 1, dev)
     elif arm.startswith("chunk"):
+        h = chunk_hparams(h)  # TTT_LR, TTT_CHUNK_TOKENS, ... from the environment (the runs' logs may not hold them)
         if arm == "chunk_small":  # the largest whole-sequence chunk giving >= 100 chunks
             h.ttt_chunk_tokens = max(h.train_seq_len, n // 100 // h.train_seq_len * h.train_seq_len)
-        nll = tg.eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print)
+        nll = eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print)
     else:
         h.ttt_epochs = 0 if arm == "doc" else max(1, h.ttt_epochs)
-        nll = tg.eval_lora(model, model, val, h, 0, 1, dev, nbytes, clock, log=print)
+        nll = tg.eval_lora(model, model, val, h, 0, 1, dev, clock, log=print)
     return (*tg.bpb(nll, nbytes), clock())
 
 

@@ -1,5 +1,5 @@
 """Evaluation of a saved artifact. As a script: a TTT settings sweep that reloads
-final_model.int5.ptz (from a bench run's OUT_DIR) and runs train_gpt.eval_ttt once per
+final_model.int5.ptz (from a bench run's OUT_DIR) and runs chunked TTT (bench/chunk_ttt.py) once per
 setting, printing the legal TTT val_bpb. `evaluate` also serves bench/ladder.py --val.
 Usage: python3 bench/ttt_sweep.py OUT_DIR/final_model.int5.ptz LR,BATCH_SEQS,EPOCHS [...]
 The model shape comes from the usual env vars (defaults: the SPEC §9 bench shape)."""
@@ -11,6 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train_gpt as tg  # noqa: E402
+from chunk_ttt import chunk_hparams, eval_ttt  # noqa: E402
 
 BENCH_SHAPE = dict(NUM_LAYERS="11", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="4", MLP_HIDDEN="384",
                    BIGRAM_BUCKETS="1024", BIGRAM_DIM="32", TRAIN_SEQ_LEN="256")
@@ -22,7 +23,7 @@ def setup(val_glob: str | None = None):
     env = {**BENCH_SHAPE, "DATA_PATH": str(shared / "datasets" / "bench_sp1024"),
            "TOKENIZER_PATH": str(shared / "tokenizers" / "fineweb_1024_bpe.model"), **os.environ,
            "TTT_LOG_EVERY": "0"}
-    h = tg.Hyperparameters.from_env(env)
+    h = chunk_hparams(tg.Hyperparameters.from_env(env), env)  # with the chunked arm's TTT_LR, TTT_BATCH_SEQS, ...
     return (h, *validation(h, val_glob))
 
 
@@ -38,7 +39,7 @@ def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:
     """Legal TTT val_bpb of a freshly reloaded artifact at h's TTT settings, and its seconds."""
     dev = torch.device("cpu")
     model, clock = tg.load_artifact_model(Path(artifact), h, dev), tg.make_clock()
-    nll = tg.eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print, budget=float("inf"))
+    nll = eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print, budget=float("inf"))
     return tg.bpb(nll, nbytes)[1], clock()
 
 

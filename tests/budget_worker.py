@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import load_tg  # noqa: E402
-from test_ttt import SHAPE, make_setup  # noqa: E402
+from test_ttt import SHAPE, chunk_ttt, make_setup  # noqa: E402
 from test_model import small_model  # noqa: E402
 
 tg = load_tg()
@@ -27,7 +27,7 @@ def clock():  # rank 0: 1 s per reading, rank 1: 3 s
 
 
 logs = []
-nll = tg.eval_ttt(model, model, tokens, h, rank, 2, torch.device("cpu"), torch.ones(1200), clock, logs.append, budget=60.0)
+nll = chunk_ttt().eval_ttt(model, model, tokens, h, rank, 2, torch.device("cpu"), torch.ones(1200), clock, logs.append, budget=60.0)
 Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps(dict(logs=logs, chunks=10, nll=nll.tolist())))
 dist.barrier()  # both ranks have written their results
 os._exit(0)  # skip gloo's teardown: it rarely aborts at exit ("terminate called"), failing a passed run

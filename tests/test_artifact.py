@@ -18,7 +18,7 @@ def trained_like_state(tg):
 def test_every_matrix_is_int5_whatever_its_size(tg):
     model, state, names = trained_like_state(tg)
     assert {n for n, t in state.items() if t.ndim == 2 and not n.startswith("skip_") and "resid_mix" not in n} == names
-    q = tg.quantize_state(state, names, 0.15)
+    q = tg.quantize_state(state, names)
     for n in names:
         kind, qv, scale = q[n]
         assert kind == "int5" and qv.abs().max() <= 15 and scale.dtype == torch.float16
@@ -26,23 +26,23 @@ def test_every_matrix_is_int5_whatever_its_size(tg):
 
 def test_pack_unpack_reproduces_fake_quantized_weights_exactly(tg):
     _, state, names = trained_like_state(tg)
-    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0])
+    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names))[0])
     assert set(back) == set(state)
     for n, t in state.items():
         want = t.float()
         if n in names:  # what QAT's forward sees
-            want = tg.fake_quant(want, tg.prune_thresholds([want], 0.15)[0])
+            want = tg.fake_quant(want)
         assert torch.equal(back[n], want), n
 
 
 def test_qat_forward_sees_exactly_the_exported_weights(tg):
     model, state, names = trained_like_state(tg)
-    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0])
-    tg.set_qat(model, 0.15)  # thresholds batched by shape, outside the graph
+    back = tg.unpack_artifact(tg.pack_artifact(tg.quantize_state(state, names))[0])
+    tg.set_qat(model, True)
     mods = dict(model.named_modules())
     for n in names:
         assert torch.equal(mods[n[:-len(".weight")]].qweight(), back[n]), n
-    tg.set_qat(model, None)
+    tg.set_qat(model, False)
     assert all(torch.equal(mods[n[:-7]].qweight(), state[n]) for n in names)
 
 
@@ -60,7 +60,7 @@ def test_quantizer_picks_the_best_clip_per_row(tg):
 def test_pickle_and_truncated_artifacts_are_rejected(tg, tmp_path):
     import zstandard
     _, state, names = trained_like_state(tg)
-    blob = tg.pack_artifact(tg.quantize_state(state, names, 0.15))[0]
+    blob = tg.pack_artifact(tg.quantize_state(state, names))[0]
     with pytest.raises(tg.RunError, match="zstd"):
         tg.unpack_artifact(blob[: len(blob) // 2])
     with pytest.raises(tg.RunError, match="zstd"):
@@ -103,7 +103,7 @@ def cap_setup(tg):
     for n in sorted(names):  # a set's order changes between processes
         state[n] = torch.distributions.Laplace(0.0, 0.02).sample(state[n].shape)
     hs = {n: torch.diag(torch.rand(state[n].size(1)) + 0.1) for n in sorted(names) if "emb" not in n and "table" not in n}
-    free, info = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=10**9)
+    free, info = tg.export_within_cap(state, names, 1000, hs, cap=10**9)
     return state, names, hs, free, info
 
 
@@ -113,7 +113,7 @@ def test_prune_to_fit_only_binds_under_the_cap_and_prunes_more_as_it_tightens(tg
     pruned = []
     for shrink in (0.99, 0.96, 0.93):
         cap = 1000 + int(shrink * len(free))
-        blob, inf = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=cap, log=lambda m: None)
+        blob, inf = tg.export_within_cap(state, names, 1000, hs, cap=cap, log=lambda m: None)
         # zstd's size is not monotone in the zeroed symbols at this size (here 9,783 zeroed: 94,153 B,
         # 12,371: 95,248 B), so a refinement can miss: at most 6 packs of the 7 the search allows
         assert 1000 + len(blob) <= cap and inf["pruned"] > 0 and inf["packs"] <= 6
@@ -122,12 +122,12 @@ def test_prune_to_fit_only_binds_under_the_cap_and_prunes_more_as_it_tightens(tg
         pruned.append(inf["pruned"])
     assert pruned == sorted(pruned) and pruned[0] < pruned[-1]
     with pytest.raises(tg.RunError, match="cannot fit"):
-        tg.export_within_cap(state, names, 1000, 0.0, hs, cap=1000 + 100, log=lambda m: None)
+        tg.export_within_cap(state, names, 1000, hs, cap=1000 + 100, log=lambda m: None)
 
 
 def test_prune_to_fit_zeroes_the_cheapest_plus_minus_one_symbols(tg):
     state, names, hs, free, _ = cap_setup(tg)
-    q = tg.quantize_state(state, names, 0.0, hs)
+    q = tg.quantize_state(state, names, hs)
     nm, owner, pos, plus = tg.prune_candidates(q, hs)
     z = tg.zero_cheapest(q, nm, owner, pos, 500)
     changed = sum(int((z[n][1] != q[n][1]).sum()) for n in nm)
@@ -142,14 +142,14 @@ def test_a_hessian_gptq_cannot_use_falls_back_to_round_to_nearest_at_its_clip(tg
     bad, nan_h = sorted(hs)[:2]
     hs = {**hs, nan_h: hs[nan_h] * float("nan"), bad: -hs[bad]}  # not finite; not positive definite
     logs = []
-    q = tg.quantize_state(state, names, 0.0, hs, logs.append)
+    q = tg.quantize_state(state, names, hs, logs.append)
     assert sorted(m.split()[2] for m in logs if m.startswith("gptq fallback:")) == sorted([bad, nan_h])
     assert torch.equal(q[nan_h][1], tg.quantize_int5(state[nan_h])[0])  # no usable H: MSE clip
     rtn_at_clip = tg.quantize_int5(state[bad], torch.diag(hs[bad]), tg.GPTQ_CLIP_FRACS)
     assert torch.equal(q[bad][1], rtn_at_clip[0]) and torch.equal(q[bad][2], rtn_at_clip[1])
     good = sorted(hs)[2]
     assert torch.equal(q[good][1], tg.gptq_int5(state[good], hs[good], q[good][2]))  # the others: GPTQ
-    blob, info = tg.export_within_cap(state, names, 1000, 0.0, hs, cap=1000 + int(0.97 * len(tg.pack_artifact(q)[0])), log=logs.append)
+    blob, info = tg.export_within_cap(state, names, 1000, hs, cap=1000 + int(0.97 * len(tg.pack_artifact(q)[0])), log=logs.append)
     assert info["pruned"] > 0 and set(tg.unpack_artifact(blob)) == set(state)  # prune costs stay finite
 
 

@@ -33,9 +33,16 @@ def test_chunked_plans_tile_the_stream_like_one_plan(tg):
     assert sum(chunks, []) == tg.window_plan(0, n, L, S)
 
 
+def chunk_ttt():
+    """bench/chunk_ttt.py: the chunked TTT arm of the benches (it left train_gpt.py; still score-first)."""
+    from conftest import ROOT, load_module
+    return load_module("chunk_ttt", ROOT / "bench" / "chunk_ttt.py")
+
+
 def make_setup(tg, n=600, **kw):
-    h = tg.Hyperparameters(**{**SHAPE, **dict(eval_stride=8, eval_batch_seqs=8, ttt_chunk_tokens=128,
-                                              ttt_batch_seqs=2, ttt_lr=1e-2, ttt_log_every=0), **kw})
+    """Hyperparameters of the tiny shape with the chunked arm's settings (128-token chunks), and a token stream."""
+    h = tg.Hyperparameters(**{**SHAPE, **dict(eval_stride=8, eval_batch_seqs=8, ttt_log_every=0), **kw})
+    h = chunk_ttt().chunk_hparams(h, env={}, ttt_chunk_tokens=128, ttt_batch_seqs=2, ttt_lr=1e-2)
     torch.manual_seed(3)
     tokens = torch.randint(0, 128, (n + 1,))
     return h, tokens
@@ -44,8 +51,8 @@ def make_setup(tg, n=600, **kw):
 def run_ttt(tg, h, tokens, budget=None):
     model = small_model(tg, **{k: getattr(h, k) for k in SHAPE})
     logs = []
-    nll = tg.eval_ttt(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
-                      lambda: 0.0, logs.append, budget=budget)
+    nll = chunk_ttt().eval_ttt(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
+                               lambda: 0.0, logs.append, budget=budget)
     return model, nll, logs
 
 
@@ -72,7 +79,7 @@ def test_ttt_adapts_only_mlp_matrices(tg):
     h, tokens = make_setup(tg)
     model0 = small_model(tg, **SHAPE)
     model, _, _ = run_ttt(tg, h, tokens)
-    mlp = {id(p) for p in tg.ttt_params(model)}
+    mlp = {id(p) for p in chunk_ttt().ttt_params(model)}
     for (n, p0), p in zip(model0.named_parameters(), model.parameters()):
         assert torch.equal(p0, p) != (id(p) in mlp), n
 
@@ -83,7 +90,7 @@ def test_budget_guard_stops_adapting_and_still_scores_everything(tg):
     assert any("stopped adapting" in m for m in logs)
     sliding = tg.eval_sliding(model, tokens, L, h.eval_stride, 8, 0, 1, torch.device("cpu"))
     assert (nll > 0).all() and torch.allclose(nll, sliding, atol=1e-5)
-    assert tg.ttt_keep_adapting(10, 1, 1, 5, 20) and not tg.ttt_keep_adapting(10, 5, 1, 5, 20)
+    assert chunk_ttt().ttt_keep_adapting(10, 1, 1, 5, 20) and not chunk_ttt().ttt_keep_adapting(10, 5, 1, 5, 20)
 
 
 def test_sliding_with_stride_equal_window_is_the_standard_eval(tg):
@@ -98,7 +105,7 @@ def test_sliding_with_stride_equal_window_is_the_standard_eval(tg):
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_ttt_batches_cover_each_sequence_once_in_one_shape(tg, world):
     lo, hi, batch = 256, 256 + 11 * L + 5, 4  # 11 whole sequences: steps of 4, 4, 3
-    plans = [tg.ttt_batch_plan(lo, hi, L, batch, r, world) for r in range(world)]
+    plans = [chunk_ttt().ttt_batch_plan(lo, hi, L, batch, r, world) for r in range(world)]
     assert all(s.shape == plans[0][0].shape == (3, math.ceil(batch / world)) for s, _ in plans)
     used = sorted(int(s) for S, W in plans for s, w in zip(S.flatten(), W.flatten()) if w > 0)
     assert used == list(range(lo, lo + 11 * L, L))
@@ -151,8 +158,7 @@ def run_lora(tg, tokens, model=None, world=1, rank=0, **kw):
                                               ttt_log_every=0), **kw})
     model = model or small_model(tg, **SHAPE)
     logs = []
-    nll = tg.eval_lora(model, model, tokens, h, rank, world, torch.device("cpu"), torch.ones(tokens.numel() - 1),
-                       lambda: 0.0, logs.append)
+    nll = tg.eval_lora(model, model, tokens, h, rank, world, torch.device("cpu"), lambda: 0.0, logs.append)
     return nll, logs
 
 
@@ -232,8 +238,7 @@ def test_lora_budget_guard_stops_adapting_and_scores_the_rest(tg):
     scored, _ = run_lora(tg, tokens, model, ttt_epochs=0)
     h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_log_every=0)})
     logs = []
-    nll = tg.eval_lora(model, model, tokens, h, 0, 1, torch.device("cpu"), torch.ones(tokens.numel() - 1),
-                       lambda: 0.0, logs.append, budget=-1.0)  # over budget at the first check (step 8)
+    nll = tg.eval_lora(model, model, tokens, h, 0, 1, torch.device("cpu"), lambda: 0.0, logs.append, budget=-1.0)  # over budget at the first check (step 8)
     assert [m for m in logs if "stopped adapting" in m] == ["ttt budget: stopped adapting at batch 1/7 step 8, elapsed 0.0s; scoring the rest"]
     assert re.search(r"ttt lora: 7 batches, \d+ steps, 8 adapting", logs[-1])
     first = tg.lora_batches(tg.doc_spans(tokens, tokens.numel() - 1), L, 2, 1)[0][2]  # the 2 longest segments

@@ -14,6 +14,7 @@ instead of FA3, slower QAT steps). The last ~QAT_THRESHOLD x warmdown steps run 
 Compilation happens before both clocks (train_gpt.py primes every graph), so it costs no budget.
 With --gpu-check (bench/gpu_check.py's JSON from one H100), the nominal scenario uses those
 measured per-GPU figures scaled to 8 GPUs, and the pessimistic one adds 25%.
+TTT_MODE=chunk prices the benches' chunked TTT (bench/chunk_ttt.py; train_gpt.py runs LoRA TTT only).
 LoRA TTT (TTT_MODE=lora) is priced step by step from train_gpt.py's plan (segments of <= 4L,
 windows L/4, L/2, L, docs*L tokens per step, every step forward + backward = 3x forward, plus the
 adapters' FLOPs) over a MODEL of the validation documents' lengths: log-normal with the median

@@ -299,7 +299,7 @@ def measure(tg, cfg, world=WORLD, fake=True, rows=None, groups=GROUPS):
                 tr.step(x, y, 1.0, 1, qat)
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in tr.params], 0.01)
-            tg.set_qat(model, None)
+            tg.set_qat(model, False)
             peak[name] = c.peak
         del ema, x, y
         model.recur = tg.recur_at_end(h)  # the evaluated model (and the EMA's Hessians)
@@ -387,7 +387,7 @@ def compiled_saved(tg, cfg, world=WORLD, phases_wanted=None):
                 with FakeTensorMode():
                     model = tg.GPT(h)
                     model.recur = recur
-                    tg.set_qat(model, h.prune_pct if qat else None)
+                    tg.set_qat(model, qat)
                     ids = torch.zeros(train_rows(cfg, world), L, dtype=torch.long)
                 state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
                 out[name] = saved(lambda i, t, *ts: torch.func.functional_call(model, dict(zip(state, ts)), (i, t)),
