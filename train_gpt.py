@@ -30,36 +30,29 @@ class SharedError(RunError):
 
 @dataclass
 class Hyperparameters:
-    data_path: str = "./data/datasets/fineweb10B_sp1024"
-    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    out_dir: str = "."; run_id: str = ""
-    seed: int = 1337; vocab_size: int = 1024
+    data_path: str = "./data/datasets/fineweb10B_sp1024"; tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    out_dir: str = "."; run_id: str = ""; seed: int = 1337; vocab_size: int = 1024
     iterations: int = 20000; warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph compiled
     warmdown_iters: int = 0; warmdown_frac: float = 0.667  # LR decay over the last N steps (0: this fraction of the run)
     max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
     train_batch_tokens: int = 786_432; train_seq_len: int = 2048
     grad_accum_steps: int = 0; train_log_every: int = 100  # accumulation 0: 8 // world_size on CUDA, 1 on CPU
-    num_layers: int = 11; model_dim: int = 512; mlp_hidden: int = 1536
-    num_heads: int = 8; num_kv_heads: int = 4
+    num_layers: int = 11; model_dim: int = 512; mlp_hidden: int = 1536; num_heads: int = 8; num_kv_heads: int = 4
     bigram_buckets: int = 16384; bigram_dim: int = 128  # SPEC: 4096 buckets (README: spending the bytes)
     ve_dim: int = 128; ve_layers: int = 2; xsa_last_n: int = -1  # value embeddings in the last 2 layers; XSA in the last N (-1: all)
     parallel_from: int = 7; skip_gates: int = 1  # 2 lanes from the 1st decoder layer >= this (-1: one); gated skips
-    recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; U-Net over all passes)...
-    recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) training steps on
-    rope_dims: int = 16; rope_base: float = 10000.0
-    logit_softcap: float = 30.0; qk_gain_init: float = 5.0
+    recur_layers: str = "4,5"; recur_start_frac: float = 0.5  # consecutive layers run twice (shared weights; U-Net over all passes) from this fraction of the (predicted) steps on
+    rope_dims: int = 16; rope_base: float = 10000.0; logit_softcap: float = 30.0; qk_gain_init: float = 5.0
     matrix_lr: float = 0.025; embed_lr: float = 0.035; scalar_lr: float = 0.025
     muon_momentum: float = 0.97; muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5; muon_row_norm: int = 1  # MuonEq-R: rows normalised before NS5
     weight_decay: float = 0.09; grad_clip_norm: float = 0.3; ema_decay: float = 0.9965
-    qat_threshold: float = 0.15  # late QAT once the LR multiplier falls below this
-    byte_cap: int = BYTE_CAP  # over it, prune-to-fit zeroes just enough +-1 symbols
-    gptq_calib_seqs: int = 64  # training sequences for the GPTQ Hessians (0: round to nearest)
-    gptq_reserve_seconds: float = 2.0  # of MAX_WALLCLOCK_SECONDS kept for calibration (est. 0.6 s; at least 2x its primed time)
-    eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this
-    eval_stride: int = 64; eval_batch_seqs: int = 32
+    qat_threshold: float = 0.15; embed_bits: int = 5  # late QAT once the LR multiplier falls below this; the tied embedding's bits
+    byte_cap: int = BYTE_CAP  # over it, the export coarsens steps where a byte costs the least loss
+    gptq_calib_seqs: int = 64; gptq_reserve_seconds: float = 2.0  # training sequences for the Hessians (0: RTN); seconds of the clock kept for them (at least 2x their primed time)
+    eval_stride: int = 64; eval_batch_seqs: int = 32; eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this margin
     ttt_enabled: int = 1; ttt_epochs: int = 3; ttt_log_every: int = 1  # per-document LoRA TTT (0 epochs: scoring only)
-    ttt_lora_rank: int = 64; ttt_lora_lr: float = 2e-4; ttt_lora_wd: float = 0.5; ttt_lora_chunk: int = 128  # tokens
+    ttt_lora_rank: int = 64; ttt_lora_lr: float = 2e-4; ttt_lora_wd: float = 0.5; ttt_lora_chunk: int = 128  # chunk: tokens
     ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W)
     compile: int = -1; flash_attn: int = 1  # -1: compile on CUDA only; FlashAttention-3 on CUDA when importable (0: SDPA)
     eval_only: int = 0; artifact_path: str = ""  # 1: no training; re-evaluate this artifact ("": OUT_DIR's)
@@ -179,29 +172,29 @@ def bpb(nll: torch.Tensor, nbytes: torch.Tensor) -> tuple[float, float]:
     return total / nll.numel(), total / (math.log(2) * nbytes.double().sum().item())
 
 # ----------------------------------------------------------------------------- int5 quantizer
-# One int5 code for QAT and export: per-row scale = clip/15 (fp16), q in [-15, 15], the clip
-# chosen per row from a few fractions of the row max by reconstruction error (GPTQ: finer grid).
+# One code for QAT and export: per-row scale = clip/qmax (fp16), q in [-qmax, qmax] (qmax 15: int5), the
+# clip chosen per row from a few fractions of the row max by reconstruction error (GPTQ: finer grid).
 
 CLIP_FRACS = (1.0, 0.9, 0.8, 0.7, 0.6)  # QAT and lookup tables
 GPTQ_CLIP_FRACS = tuple(1.0 - 0.05 * i for i in range(11))  # export only: 1.0, 0.95, ..., 0.5
 GPTQ_DAMP = 0.05  # x mean diag(H); 0.05-0.1 beat 0.01 and 0.003 on the bench (bench/gptq_sweep.py)
 SCALE_EPS = 1e-6
 
-def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None,
-                  fracs=CLIP_FRACS) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int5(w: torch.Tensor, col_weight: torch.Tensor | None = None, fracs=CLIP_FRACS,
+                  qmax: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
     """Round to nearest at the per-row clip (a fraction of the row max) with the least error,
     each column's error weighted by col_weight (diag of the input Hessian; None: plain MSE)."""
     w = w.float()
     fracs = torch.tensor(fracs, device=w.device)
-    scale = (w.abs().amax(1)[None] * fracs[:, None] / 15).clamp_min(SCALE_EPS).half().float()  # (K,R)
-    q = torch.clamp(torch.round(w[None] / scale[..., None]), -15, 15)  # (K,R,C)
+    scale = (w.abs().amax(1)[None] * fracs[:, None] / qmax).clamp_min(SCALE_EPS).half().float()  # (K,R)
+    q = torch.clamp(torch.round(w[None] / scale[..., None]), -qmax, qmax)  # (K,R,C)
     err = (q * scale[..., None] - w[None]) ** 2
     best = (err if col_weight is None else err * col_weight.float()).sum(-1).argmin(0)  # (R,)
     rows = torch.arange(w.size(0), device=w.device)
     return q[best, rows].to(torch.int8), scale[best, rows].half()
 
 def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int = 128,
-              damp: float = GPTQ_DAMP) -> torch.Tensor:
+              damp: float = GPTQ_DAMP, qmax: int = 15) -> torch.Tensor:
     """GPTQ at fixed row scales: columns rounded in order of decreasing diag(H), each one's rounding error
     pushed onto the columns not yet rounded through the upper Cholesky factor of H^-1 (H = X^T X of the
     layer's input, damped). Returns the int5 codes."""
@@ -219,7 +212,7 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
         b = min(a + block, W.size(1))
         Wb, E = W[:, a:b].clone(), torch.zeros_like(W[:, a:b])
         for i in range(b - a):
-            q = torch.clamp(torch.round(Wb[:, i:i + 1] / s), -15, 15)
+            q = torch.clamp(torch.round(Wb[:, i:i + 1] / s), -qmax, qmax)
             Q[:, a + i:a + i + 1] = q
             E[:, i:i + 1] = (Wb[:, i:i + 1] - q * s) / U[a + i, a + i]
             Wb[:, i:] -= E[:, i:i + 1] * U[a + i, a + i:b]
@@ -229,9 +222,9 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
 def dequantize_int5(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
-def fake_quant(w: torch.Tensor) -> torch.Tensor:
-    """Straight-through int5: forward sees the shipped weights, backward is identity."""
-    return w + (dequantize_int5(*quantize_int5(w.detach())) - w).detach()
+def fake_quant(w: torch.Tensor, qmax: int = 15) -> torch.Tensor:
+    """Straight-through rounding: forward sees the shipped weights, backward is identity."""
+    return w + (dequantize_int5(*quantize_int5(w.detach(), qmax=qmax)) - w).detach()
 
 # ----------------------------------------------------------------------------- model
 
@@ -239,13 +232,13 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 class QATMixin:
-    """Late QAT: once `qat` is on (set_qat), the forward sees the weight rounded to int5 as exported."""
+    """Late QAT: once `qat` is on (set_qat), the forward sees the weight rounded as exported (to +-qmax)."""
 
-    def init_qat(self) -> None:
-        self.qat = False
+    def init_qat(self, qmax: int = 15) -> None:
+        self.qat, self.qmax = False, qmax
 
     def qweight(self) -> torch.Tensor:
-        return fake_quant(self.weight) if self.qat else self.weight
+        return fake_quant(self.weight, self.qmax) if self.qat else self.weight
 
 class CastedLinear(QATMixin, nn.Linear):
     def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
@@ -263,9 +256,9 @@ def lora_add(y: torch.Tensor, x: torch.Tensor, ab) -> torch.Tensor:
     return y if ab is None else y + (x @ ab[0].to(x.dtype)) @ ab[1].to(x.dtype)
 
 class QEmbedding(QATMixin, nn.Embedding):
-    def __init__(self, num: int, dim: int, std: float):
+    def __init__(self, num: int, dim: int, std: float, qmax: int = 15):
         super().__init__(num, dim)
-        self.init_qat()
+        self.init_qat(qmax)
         nn.init.normal_(self.weight, std=std) if std > 0 else nn.init.zeros_(self.weight)
 
     def forward(self, ids):
@@ -407,7 +400,7 @@ class GPT(nn.Module):
         super().__init__()
         self.h = h
         d = h.model_dim
-        self.tok_emb = QEmbedding(h.vocab_size, d, 0.005)
+        self.tok_emb = QEmbedding(h.vocab_size, d, 0.005, 2 ** (h.embed_bits - 1) - 1)
         self.bigram = BigramHash(h.bigram_buckets, h.bigram_dim, d)
         self.smear_gate = nn.Parameter(torch.zeros(d))
         kv_dim = h.num_kv_heads * (d // h.num_heads)
@@ -433,10 +426,12 @@ class GPT(nn.Module):
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduce: bool = True):
         emb = self.tok_emb.qweight()  # tied: fake-quantized once for the input and the logits
         x = self.hidden(ids, emb)
-        logits = lora_add(F.linear(x, emb.to(x.dtype)), x, self.lora).float()
-        logits = self.h.logit_softcap * torch.tanh(logits / self.h.logit_softcap)
-        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-        return nll.mean() if reduce else nll.view(targets.shape)
+        nll = self.nll(lora_add(F.linear(x, emb.to(x.dtype)), x, self.lora), targets)
+        return nll.mean() if reduce else nll
+
+    def nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.h.logit_softcap * torch.tanh(logits.float() / self.h.logit_softcap)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)
 
     def hidden(self, ids: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The final-norm hidden state: the input of the tied embedding's output role."""
@@ -466,14 +461,15 @@ class GPT(nn.Module):
         s = self.skip_weights[e].to(x.dtype) * skip  # gated: lerp(s, x, sigmoid(g)), half-half at g = 0
         return x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[e]).to(x.dtype))
 
-def quantized_modules(model: nn.Module) -> list[nn.Module]:
-    """Every module whose 2-D weight ships as int5 (and sees QAT)."""
-    return [m for m in model.modules() if isinstance(m, QATMixin)]
+def quantized_names(model: nn.Module) -> dict[str, int]:
+    """State-dict name -> qmax of every weight that ships quantized (and sees QAT)."""
+    return {n + ".weight": m.qmax for n, m in model.named_modules() if isinstance(m, QATMixin)}
 
 def set_qat(model: nn.Module, on: bool) -> None:
-    """QAT on or off for every int5 matrix (outside the compiled graph: each state is its own graph)."""
-    for m in quantized_modules(model):
-        m.qat = on
+    """QAT on or off for every quantized weight (outside the compiled graph: each state is its own graph)."""
+    for m in model.modules():
+        if isinstance(m, QATMixin):
+            m.qat = on
 
 # ----------------------------------------------------------------------------- optimizers
 
@@ -515,17 +511,13 @@ class Muon(torch.optim.Optimizer):
             ps, lr, mom = group["params"], group["lr"], group["momentum"]
             offs = np.cumsum([0] + [p.numel() for p in ps]).tolist()
             flat = torch.zeros(offs[-1], device=ps[0].device, dtype=torch.bfloat16)
-            by_shape: dict = {}
-            for i, p in enumerate(ps):
-                by_shape.setdefault(tuple(p.shape), []).append(i)
-            for shape, idxs in by_shape.items():
-                mine = idxs[self.rank::self.world]
+            for shape in dict.fromkeys(tuple(p.shape) for p in ps):  # in order of first appearance: alike on every rank
+                mine = [i for i, p in enumerate(ps) if tuple(p.shape) == shape][self.rank::self.world]
                 if not mine:
                     continue
                 gs = []
                 for i in mine:
-                    st = self.state[ps[i]]
-                    buf = st.setdefault("momentum_buffer", torch.zeros_like(ps[i]))
+                    buf = self.state[ps[i]].setdefault("momentum_buffer", torch.zeros_like(ps[i]))
                     buf.mul_(mom).add_(ps[i].grad)
                     g = ps[i].grad.add(buf, alpha=mom)
                     gs.append(row_normalize(g) if self.row_norm else g)
@@ -591,56 +583,57 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
             p.grad = g.view_as(p)
 
 # ----------------------------------------------------------------------------- artifact
-# Every QAT module weight becomes int5: GPTQ (clips chosen by diag(H)-weighted error) where a
-# Hessian of its input was collected, round-to-nearest for lookup tables; the rest stays fp32.
-# A self-describing container (magic, JSON header, raw little-endian arrays; no pickle),
-# compressed by the smallest of a few zstd levels (any frame decodes alike). Over the cap,
-# the cheapest +-1 symbols become 0, just enough to fit. Written atomically; loads validate.
+# Every QAT module weight is rounded to +-qmax per row (int5, the tied embedding at EMBED_BITS): GPTQ
+# (clips chosen by diag(H)-weighted error) where a Hessian of its input was collected, round-to-nearest
+# for lookup tables; the rest stays fp32. A self-describing container (magic, JSON header, raw
+# little-endian arrays; no pickle), compressed by zstd. Over the cap, a rate-distortion allocation
+# coarsens each tensor's step (or zeroes its cheapest +-1 symbols) where a byte costs the least loss.
+# Written atomically; loads validate.
 
-ARTIFACT_MAGIC = b"PGINT5\x00\x01"
-ZSTD_LEVELS = (16,)  # level 16 won every measurement of 16, 19 and 22 (the benches still compare them)
+ARTIFACT_MAGIC = b"PGQNT\x00\x00\x02"
+ZSTD_LEVEL = 16  # won every measurement of 16, 19 and 22 (bench/export_ab.py, bench/full_size_artifact.py)
+RD_STEPS = tuple(1.1 ** k for k in range(-2, 21))  # the ladder: step x 0.83 .. 6.7 over the least-error clip's...
+RD_PRUNE = (0.0, 0.5, 1.0)  # ...each with this share of its +-1 symbols zeroed, cheapest first
 
-def quantize_state(state: dict, int5_names: set, hessians: dict | None = None, log=print) -> dict:
-    """name -> ('int5', q, scale) or ('raw', fp32 tensor). A matrix whose Hessian is not finite
-    or cannot be factored is rounded to nearest at its clip instead (and the log says so)."""
+def quantize_state(state: dict, qmax: dict, hessians: dict | None = None, log=print, steps: dict | None = None) -> dict:
+    """name -> ('q', codes, scale, qmax) or ('raw', fp32 tensor); `steps`: name -> a multiplier of its row
+    steps. A matrix whose Hessian is not finite or cannot be factored is rounded to nearest (the log says so)."""
     out = {}
     for name, t in state.items():
         t = t.detach().float().cpu()
-        H = (hessians or {}).get(name)
-        if name not in int5_names:
+        if name not in qmax:
             out[name] = ("raw", t)
             continue
-        q = None
-        if H is not None:
+        H, L, m = (hessians or {}).get(name), qmax[name], (steps or {}).get(name, 1.0)
+        why = None if H is None or torch.isfinite(H).all() else "non-finite Hessian"
+        hd = torch.diag(H.cpu()) if H is not None and not why else None
+        scale = (quantize_int5(t, hd, CLIP_FRACS if hd is None else GPTQ_CLIP_FRACS, L)[1].float() * m).half()
+        q = torch.clamp(torch.round(t / scale.float()[:, None]), -L, L).to(torch.int8)  # kept should GPTQ fail
+        if hd is not None:
             try:
-                if not torch.isfinite(H).all():
-                    raise ValueError("non-finite Hessian")
-                q, scale = quantize_int5(t, torch.diag(H.cpu()), GPTQ_CLIP_FRACS)  # kept should GPTQ fail
-                q = gptq_int5(t, H.cpu(), scale)
+                q = gptq_int5(t, H.cpu(), scale, qmax=L)
             except (ValueError, torch.linalg.LinAlgError) as e:
-                log(f"gptq fallback: {name} rounded to nearest ({first_line(e)})")
-        out[name] = ("int5", q, scale) if q is not None else ("int5", *quantize_int5(t))
+                why = one_line(e, trace=False)
+        if why:
+            log(f"gptq fallback: {name} rounded to nearest ({why})")
+        out[name] = ("q", q, scale, L)
     return out
 
-def pack_artifact(qstate: dict, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
-    """The smallest zstd frame over `levels`; also returns {level: bytes}."""
+def pack_artifact(qstate: dict, level: int = ZSTD_LEVEL) -> bytes:
+    """The container as one zstd frame."""
     import zstandard
-    arrays, int5 = [], []
+    arrays, qmax = [], {}
     for name, entry in qstate.items():
-        if entry[0] == "int5":
-            int5.append(name)
-            arrays.append((name + ".q", (entry[1].numpy().astype(np.int16) + 15).astype(np.uint8)))
+        if entry[0] == "q":
+            qmax[name] = entry[3]
+            arrays.append((name + ".q", (entry[1].numpy().astype(np.int16) + entry[3]).astype(np.uint8)))
             arrays.append((name + ".scale", entry[2].numpy().astype("<f2")))
         else:
             arrays.append((name, entry[1].numpy().astype("<f4")))
-    arrays.sort(key=lambda a: not a[0].endswith(".q"))  # int5 symbols together compress best
-    header = json.dumps({"int5": int5, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
+    arrays.sort(key=lambda a: not a[0].endswith(".q"))  # the symbols together compress best
+    header = json.dumps({"qmax": qmax, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
     blob = ARTIFACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for _, a in arrays)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(len(levels)) as ex:  # zstd releases the GIL: levels in parallel
-        frames = dict(zip(levels, ex.map(lambda lv: zstandard.ZstdCompressor(level=lv, write_checksum=True).compress(blob), levels)))
-    best = min(frames, key=lambda lv: len(frames[lv]))
-    return frames[best], {lv: len(f) for lv, f in frames.items()}
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(blob)
 
 def unpack_artifact(data: bytes) -> dict:
     """Inverse of pack_artifact -> name -> fp32 tensor. Raises RunError on any corruption."""
@@ -650,7 +643,7 @@ def unpack_artifact(data: bytes) -> dict:
     except zstandard.ZstdError as e:
         raise RunError(f"artifact is not a complete zstd stream ({e})")
     if not blob.startswith(ARTIFACT_MAGIC):
-        raise RunError("artifact has no int5 container header (wrong file?)")
+        raise RunError("artifact has no container header of this version (wrong file?)")
     try:
         (hlen,) = struct.unpack_from("<I", blob, len(ARTIFACT_MAGIC))
         start = len(ARTIFACT_MAGIC) + 4
@@ -668,111 +661,132 @@ def unpack_artifact(data: bytes) -> dict:
         if off != len(blob):
             raise ValueError(f"{len(blob) - off} trailing bytes")
         out = {}
-        for name in header["int5"]:
-            q = torch.from_numpy(arrays.pop(name + ".q").astype(np.int8) - 15)
+        for name, qmax in header["qmax"].items():
+            q = torch.from_numpy(arrays.pop(name + ".q").astype(np.int16) - qmax)
             out[name] = dequantize_int5(q, torch.from_numpy(arrays.pop(name + ".scale").copy()))
         out.update({n: torch.from_numpy(a.astype(np.float32)) for n, a in arrays.items()})
         return out
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise RunError(f"corrupt artifact container: {e}")
 
-@torch.no_grad()
-def collect_hessians(model: GPT, seqs: torch.Tensor, batch: int, world: int) -> dict:
-    """X^T X / tokens of each int5 matrix's input over the calibration sequences of all ranks:
-    every CastedLinear's input, and the final-norm hidden state for the tied embedding."""
+def collect_hessians(model: GPT, seqs: torch.Tensor, targets: torch.Tensor, batch: int, world: int) -> dict:
+    """Per token, over the calibration sequences of all ranks: name -> X^T X of each quantized matrix's input
+    (every CastedLinear's; the final-norm hidden state for the tied embedding), and name + ":g" -> the mean
+    squared loss gradient of each output unit (a table: of each entry), for the export's allocation."""
     hs, hooks = {}, []
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
 
-    def add(name, x):
-        x = x.detach().float().reshape(-1, x.size(-1))
-        with torch.autocast(x.device.type, enabled=False):  # an fp32 Gram matrix, not bf16/TF32
-            hs[name] = hs.get(name, 0) + x.T @ x
+    def add(name, x, ids=None, rows=0):
+        with torch.autocast(x.device.type, enabled=False):  # fp32 sums, not bf16/TF32
+            x = x.detach().float().reshape(-1, x.size(-1))
+            if ids is not None:  # a table: squared gradients summed per entry
+                x = torch.zeros(rows, x.size(1), device=x.device).index_add_(0, ids, x * x)
+            elif name.endswith(":g"):  # an output: squared gradients summed per unit
+                x = (x * x).sum(0)
+            else:
+                x = x.T @ x
+            hs[name] = hs.get(name, 0) + x
+
+    def on_forward(mod, args, out, name):  # a matrix's input now, the output's gradient when it comes
+        ids = args[0].reshape(-1) if isinstance(mod, QEmbedding) else None
+        if ids is None:
+            add(name, args[0])
+        out.register_hook(lambda g: add(name + ":g", g, ids, mod.weight.size(0)))
 
     try:
         for name, m in model.named_modules():
-            if isinstance(m, CastedLinear):
-                hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])))
+            if isinstance(m, QATMixin):  # (the tied embedding's input role is not seen)
+                hooks.append(m.register_forward_hook(lambda mod, args, out, n=name + ".weight": on_forward(mod, args, out, n)))
         model.eval()
-        for xb in seqs.split(batch):
-            with torch.autocast(seqs.device.type, dtype=torch.bfloat16):
-                add("tok_emb.weight", model.hidden(xb, model.tok_emb.weight))
+        params = [p for p in model.parameters() if p.requires_grad]
+        for xb, yb in zip(seqs.split(batch), targets.split(batch)):
+            with torch.enable_grad(), torch.autocast(seqs.device.type, dtype=torch.bfloat16):
+                x = model.hidden(xb, model.tok_emb.weight)
+                add("tok_emb.weight", x)
+                logits = F.linear(x, model.tok_emb.weight.to(x.dtype))
+                logits.register_hook(lambda g: add("tok_emb.weight:g", g))
+                torch.autograd.grad(model.nll(logits, yb).sum(), params, allow_unused=True)
     finally:
         for hk in hooks:
             hk.remove()
         torch.backends.cuda.matmul.allow_tf32 = tf32
     for name in sorted(hs):
-        all_reduce(hs[name], world).div_(seqs.numel() * world)  # per token: comparable to a table's cost of 1
+        all_reduce(hs[name], world).div_(seqs.numel() * world)
     return hs
 
-def prune_candidates(qstate: dict, hessians: dict | None):
-    """Every +-1 symbol, cheapest first (cost of zeroing it: scale_row^2 * H_jj, H_jj = 1 for
-    tables): (int5 names, owner index, flat position, is +1)."""
-    names = [n for n, e in qstate.items() if e[0] == "int5"]
-    cost, owner, pos, plus = [], [], [], []
-    for k, name in enumerate(names):
-        q, scale = qstate[name][1], qstate[name][2]
-        H = (hessians or {}).get(name)
-        hd = torch.ones(q.size(1)) if H is None else torch.diag(H).float().cpu()
-        hd = hd if torch.isfinite(hd).all() else torch.ones_like(hd)  # a matrix GPTQ fell back on
-        idx = (q.abs() == 1).flatten().nonzero().squeeze(1)
-        cost.append((scale.float()[:, None] ** 2 * hd).flatten()[idx])
-        owner.append(torch.full_like(idx, k))
-        pos.append(idx)
-        plus.append(q.flatten()[idx] > 0)
-    order = torch.cat(cost).argsort(stable=True)  # ties in a fixed order: a reproducible artifact
-    return names, torch.cat(owner)[order], torch.cat(pos)[order], torch.cat(plus)[order]
+def rd_weight(name: str, w: torch.Tensor, hessians: dict | None) -> torch.Tensor:
+    """Each entry's loss per squared error (Gauss-Newton): its output's sensitivity x diag(H), a table's its own."""
+    g, H = (hessians or {}).get(name + ":g"), (hessians or {}).get(name)
+    if g is not None and H is not None:
+        g = g[:, None] * torch.diag(H)
+    return g.float().to(w.device) if g is not None and torch.isfinite(g).all() else torch.ones_like(w)  # none: ones
 
-def zero_cheapest(qstate: dict, names, owner, pos, n: int) -> dict:
-    out = dict(qstate)
-    for k, name in enumerate(names):
-        idx = pos[:n][owner[:n] == k]
-        if len(idx):
-            q = qstate[name][1].clone()
-            q.view(-1)[idx] = 0
-            out[name] = ("int5", q, qstate[name][2])
-    return out
+def zero_cost(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss each +-1 symbol's zeroing adds (flat, over those symbols), and their flat positions."""
+    ones = (q.abs() == 1).flatten().nonzero().squeeze(1)
+    return (weight * (w * w - (q * s - w) ** 2) / 2).flatten()[ones], ones
 
-def export_within_cap(state: dict, int5_names: set, code_bytes: int, hessians: dict | None = None,
-                      cap: int = BYTE_CAP, log=print, levels=ZSTD_LEVELS) -> tuple[bytes, dict]:
-    """Quantizes and packs; over the cap, zeroes the cheapest +-1 symbols, just enough. Their
-    count comes from the symbols' order-0 entropy, scaled to bytes by the last real pack."""
-    qstate = quantize_state(state, int5_names, hessians, log)
-    blob, sizes = pack_artifact(qstate, levels)
-    level = min(sizes, key=sizes.get)
-    info = dict(level=level, sizes=sizes, pruned=0, pruned_frac=0.0, packs=1)
-    budget = cap - code_bytes
+def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """(bits, loss) of each candidate for one tensor -- rounded to nearest at its row steps x each of RD_STEPS,
+    then each share of RD_PRUNE of its +-1 symbols zeroed where that costs least -- as (candidates, 2)."""
+    w, out = w.float(), []
+    for m in RD_STEPS:
+        s = (scale.float() * m).half().float().to(w.device)[:, None]
+        q = torch.clamp(torch.round(w / s), -qmax, qmax)
+        cost, ones = zero_cost(q, s, w, weight)
+        cost, order = cost.double().sort()
+        for share in RD_PRUNE:
+            k = round(share * len(cost))
+            c = torch.bincount((q + qmax).flatten().long().index_fill(0, ones[order[:k]], qmax), minlength=2 * qmax + 1)
+            bits = -(c * torch.where(c > 0, c / c.sum(), 1).log2()).sum()  # order-0 entropy
+            out.append(torch.stack([bits.double(), (weight * (q * s - w) ** 2).sum().double() / 2 + cost[:k].sum()]))
+    return torch.stack(out).cpu()
+
+def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict | None = None,
+                      cap: int = BYTE_CAP, log=print) -> tuple[bytes, dict]:
+    """Quantizes and packs; over the cap, one Lagrange multiplier picks each tensor's candidate of its ladder
+    (rd_ladder) for the least loss within an aim in predicted bytes (the candidates' entropy + the rest of the
+    first pack), confirmed by packing (GPTQ at the chosen steps); the aim is bisected to land 0-0.2% under."""
+    qstate = quantize_state(state, qmax, hessians, log)
+    blob, budget, names = pack_artifact(qstate), cap - code_bytes, sorted(qmax)
+    info = dict(level=ZSTD_LEVEL, pruned=0, pruned_frac=0.0, packs=1, steps={})
     if len(blob) <= budget:
         return blob, info
-    names, owner, pos, plus = prune_candidates(qstate, hessians)
-    counts = sum(torch.bincount(qstate[n][1].flatten().long() + 15, minlength=31) for n in names).double()
-    n_syms, plus_cum = counts.sum(), torch.cat([torch.zeros(1), plus.double().cumsum(0)])
+    weight = {n: rd_weight(n, state[n], hessians) for n in names}
+    ladder = torch.stack([rd_ladder(state[n], weight[n], qstate[n][2], qmax[n]) for n in names])  # (T, K, 2)
+    fixed = len(blob) - float(ladder[:, RD_STEPS.index(1.0) * len(RD_PRUNE), 0].sum()) / 8  # today's candidate: the rest
+    aim, fit_aim, over_aim = 0.999 * budget, 0.0, None
+    best, cache = None, {(n, 1.0): qstate[n] for n in names}
 
-    def entropy_bytes(n: int) -> float:  # after zeroing the n cheapest
-        c = counts.clone()
-        c[16], c[14], c[15] = c[16] - plus_cum[n], c[14] - (n - plus_cum[n]), c[15] + n
-        p = c[c > 0] / n_syms
-        return float(-(p * p.log2()).sum() * n_syms / 8)
+    def picked(log2_lambda: float) -> torch.Tensor:  # each tensor's candidate of least loss + lambda x bits
+        return (ladder[..., 1] + 2.0 ** log2_lambda * ladder[..., 0]).argmin(1)
 
-    fixed, n, size = len(blob) - entropy_bytes(0), 0, len(blob)
     for _ in range(6):
-        ratio = (size - fixed) / entropy_bytes(n)
-        lo, hi = n, len(pos)
-        while lo < hi:  # the fewest symbols whose predicted size fits with 0.1% margin
-            mid = (lo + hi) // 2
-            if fixed + ratio * entropy_bytes(mid) <= 0.999 * budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        n = lo
-        blob, _ = pack_artifact(zero_cheapest(qstate, names, owner, pos, n), (level,))
-        size, info["packs"] = len(blob), info["packs"] + 1
-        if size <= budget:
-            info.update(pruned=n, pruned_frac=n / float(n_syms))
-            return blob, info
-        if n == len(pos):
+        lo, hi = -40.0, 10.0  # log2 of the multiplier: loss per bit
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if fixed + float(ladder[..., 0].gather(1, picked(mid)[:, None]).sum()) / 8 <= aim else (mid, hi)
+        pick = picked(hi)
+        out, zeroed, steps = dict(qstate), {}, {n: RD_STEPS[int(k) // len(RD_PRUNE)] for n, k in zip(names, pick)}
+        for n, k in zip(names, pick.tolist()):
+            if (n, steps[n]) not in cache:
+                cache[n, steps[n]] = quantize_state({n: state[n]}, qmax, hessians, log, steps)[n]
+            _, q, scale, L = cache[n, steps[n]]
+            cost, ones = zero_cost(q, scale.float()[:, None], state[n].float().cpu(), weight[n].cpu())
+            zeroed[n] = ones[cost.argsort(stable=True)[:round(RD_PRUNE[k % len(RD_PRUNE)] * len(ones))]]
+            out[n] = ("q", q.flatten().index_fill(0, zeroed[n], 0).view_as(q), scale, L)
+        blob, pruned = pack_artifact(out), sum(len(z) for z in zeroed.values())
+        info.update(packs=info["packs"] + 1, steps=steps, pruned=pruned, pruned_frac=pruned / sum(state[n].numel() for n in names))
+        if len(blob) <= budget and (best is None or len(blob) > len(best[0])):
+            best = blob, dict(info)
+        if 0.998 * budget <= len(blob) <= budget:
             break
-        log(f"artifact over cap with {n} symbols zeroed: {code_bytes + size} > {cap}; refining")
-    raise RunError(f"artifact cannot fit: {code_bytes + size} bytes > cap {cap} with {n} of {len(pos)} +-1 symbols zeroed")
+        fit_aim, over_aim = (aim, over_aim) if len(blob) <= budget else (fit_aim, aim)
+        aim = (fit_aim + over_aim) / 2 if over_aim and fit_aim else aim * 0.999 * budget / len(blob)
+        log(f"artifact at {code_bytes + len(blob)} bytes, cap {cap}: refining")
+    if best is None:
+        raise RunError(f"artifact cannot fit: {code_bytes + len(blob)} bytes > cap {cap} at the coarsest steps tried")
+    return best
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes via a temporary file renamed into place: the file is whole or absent."""
@@ -789,22 +803,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise RunError(f"cannot write {path}: {e}")
 
 def load_artifact_into(model: GPT, path: Path) -> GPT:
-    """Replaces the model's weights by the artifact's, in place (compiled graphs stay valid)."""
+    """Replaces the model's weights by the artifact's, in place (compiled graphs stay valid); the recurrence
+    runs as it did when the artifact was made."""
     state = unpack_artifact(path.read_bytes())
     expected = model.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
         raise RunError(f"artifact {path} does not match the model configuration")
     model.load_state_dict(state)
+    model.recur = bool(model.recur_layers and model.recur_on.item())
     return model
 
 def recur_at_end(h: Hyperparameters) -> bool:
     """Whether the run switches its recurrence on (a run that stops early may not)."""
     return bool(parse_recur(h.recur_layers, h.num_layers)) and h.recur_start_frac < 1
-
-def load_artifact_model(path: Path, h: Hyperparameters, device) -> GPT:
-    model = load_artifact_into(GPT(h), path).to(device)
-    model.recur = bool(model.recur_layers and model.recur_on.item())
-    return model
 
 # ----------------------------------------------------------------------------- evaluation & TTT
 # Target j is token j+1 predicted from tokens <= j. A window ending at e feeds tokens
@@ -1024,17 +1035,14 @@ def shared_outcome(rt: Runtime, fn, rank0_only: bool = False):
         raise SharedError(err)
     return out
 
-def one_line(e: Exception) -> str:
-    """The error line of an exception; an unexpected one also prints its traceback."""
+def one_line(e: Exception, trace: bool = True) -> str:
+    """An exception in one line: ours as it is; another as its type and its message's first line, its traceback
+    printed (unless trace=False)."""
     if isinstance(e, RunError):
         return str(e)
-    traceback.print_exc()
-    return f"{type(e).__name__}: {e}"
-
-def first_line(e: Exception) -> str:
-    """An exception in one short line, without a traceback: its type (unless ours) and its message's first line."""
-    msg = (str(e) or "?").splitlines()[0][:200]
-    return msg if isinstance(e, RunError) else f"{type(e).__name__}: {msg}"
+    if trace:
+        traceback.print_exc()
+    return f"{type(e).__name__}: {(str(e) or '?').splitlines()[0][:200]}"
 
 def preflight(h: Hyperparameters, world: int, accum: int) -> None:
     """What the run needs, checked on every rank before any work, so a problem costs seconds."""
@@ -1048,7 +1056,7 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (h.train_batch_tokens % (world * accum * L), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={L}"),
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
-        (not L >= h.eval_stride > 0, "need 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN"),
+        (not L >= h.eval_stride > 0 or not 2 <= h.embed_bits <= 8, "need 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN, and 2 <= EMBED_BITS <= 8"),
         (min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, "need TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (h.artifact_path and not h.eval_only, f"ARTIFACT_PATH={h.artifact_path!r} is read by EVAL_ONLY=1 alone (a training run writes OUT_DIR's artifact)"),
@@ -1073,7 +1081,7 @@ def fullgraph_error(fn, *args) -> str | None:
         if out.requires_grad:
             out.float().sum().backward()
     except Exception as e:
-        return first_line(e)
+        return one_line(e, trace=False)
 
 def setup(h: Hyperparameters) -> Runtime:
     distributed = "RANK" in os.environ
@@ -1287,16 +1295,15 @@ class Trainer:
         if h.gptq_calib_seqs <= 0:
             return None, 0.0
         t0 = time.perf_counter()
-        x, _ = self.loader.batch(h.gptq_calib_seqs, rt.rank, rt.world)
-        hs = collect_hessians(self.model, x.to(rt.device), h.eval_batch_seqs, rt.world)
+        x, y = self.loader.batch(h.gptq_calib_seqs, rt.rank, rt.world)
+        hs = collect_hessians(self.model, x.to(rt.device), y.to(rt.device), h.eval_batch_seqs, rt.world)
         return hs, self.elapsed_ms(t0)
 
 def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_bytes: int,
            hessians: dict | None) -> tuple[int, dict]:
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
     def write() -> tuple[int, dict]:
-        int5_names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, QATMixin)}
-        blob, info = export_within_cap(model.state_dict(), int5_names, code_bytes, hessians, h.byte_cap, rt.log)
+        blob, info = export_within_cap(model.state_dict(), quantized_names(model), code_bytes, hessians, h.byte_cap, rt.log)
         write_atomic(artifact, blob)
         return len(blob), dict(info, sha256=hashlib.sha256(blob).hexdigest())
     return shared_outcome(rt, write, rank0_only=True)
@@ -1333,24 +1340,18 @@ class Record:
 
     def write_files(self, status: str) -> None:
         h, rt, f, dev = self.h, self.rt, self.fields, self.device
-
-        def r8(v):
-            return None if v is None else round(v, 8)
-
+        scores = {k: None if f.get(k) is None else round(f[k], 8)
+                  for k in ("val_bpb", "val_loss", "prequant_val_bpb", "roundtrip_val_bpb", "sliding_val_bpb", "ttt_val_bpb")}
         ttt = ", score-first lora TTT" if f.get("ttt_val_bpb") is not None else ""
         quantizer = {True: "GPTQ ", False: "RTN ", None: ""}[f["gptq"]]  # None: a re-evaluated artifact's, not known
         sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, int5 "
                          f"{quantizer}+ zstd, sliding eval stride {h.eval_stride}{ttt}; {rt.world}x {dev}",
-                   date=time.strftime("%Y-%m-%d", time.gmtime()), status=status,
-                   val_bpb=r8(f["val_bpb"]), val_loss=r8(f["val_loss"]), bytes_total=f["bytes_code"] + f["bytes_model"],
+                   date=time.strftime("%Y-%m-%d", time.gmtime()), status=status, **scores, bytes_total=f["bytes_code"] + f["bytes_model"],
                    bytes_code=f["bytes_code"], bytes_model=f["bytes_model"], rule_violations=self.violations,
                    steps=f["steps"], train_time_s=f["train_time_s"], eval_time_s=round(f["eval_time_s"], 2),
                    gptq_calibration_s=f["gptq_calibration_s"], world_size=rt.world, device=dev, seed=h.seed,
-                   prequant_val_bpb=r8(f["prequant_val_bpb"]), roundtrip_val_bpb=r8(f["roundtrip_val_bpb"]),
-                   sliding_val_bpb=r8(f["sliding_val_bpb"]), ttt_val_bpb=r8(f.get("ttt_val_bpb")),
-                   pruned_frac=f["pruned_frac"], zstd_level=f["zstd_level"], gptq=f["gptq"], run_id=h.run_id,
-                   artifact_sha256=f["artifact_sha256"], reevaluated=f["reevaluated"])
+                   **{k: f[k] for k in ("pruned_frac", "zstd_level", "gptq", "artifact_sha256", "reevaluated")}, run_id=h.run_id)
         write_atomic(Path(h.out_dir) / "submission.json", (json.dumps(sub, indent=2, allow_nan=False) + "\n").encode())
         rt.log(f"submission.json written ({status}): val_bpb {f['val_bpb']:.8f}" + (" (RULES BROKEN)" if self.violations else ""))
         write_atomic(Path(h.out_dir) / "train.log", rt.log.path.read_bytes())
@@ -1376,8 +1377,8 @@ def train_and_export(h: Hyperparameters, rt: Runtime, trainer: Trainer, record: 
     log(f"step:{steps}/{steps} val_loss:{pre_loss:.4f} val_bpb:{pre_bpb:.4f}")
     t_export = clock()
     model_bytes, info = export(h, rt, model, artifact, code_bytes, hessians)
-    log(f"artifact {'gptq' if hessians else 'rtn'} zstd level {info['level']} (levels: {info['sizes']}), "
-        f"pruned {info['pruned']} symbols = {info['pruned_frac']:.4%} in {info['packs']} packs, "
+    log(f"artifact {'gptq' if hessians else 'rtn'} zstd level {info['level']}, {sum(m != 1 for m in info['steps'].values())} "
+        f"tensors at other steps, pruned {info['pruned']} symbols = {info['pruned_frac']:.4%} in {info['packs']} packs, "
         f"export_time:{clock() - t_export:.1f}s file {artifact.name}")
     log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{h.byte_cap}")
     record.fields.update(steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2), gptq=bool(hessians),
@@ -1393,7 +1394,7 @@ def artifact_to_reevaluate(h: Hyperparameters, rt: Runtime, trainer: Trainer, re
     """EVAL_ONLY=1: no training; the artifact's model is primed, then (on the eval clock, returned) read back as
     in a full run. OUT_DIR's record is replaced unless it is a final one; the training figures of a record of
     the same artifact (sha256) are kept."""
-    def describe() -> tuple[int, str, bool, dict]:
+    def describe() -> tuple[int, str, dict]:  # on every rank: each loads the artifact
         if not artifact.is_file():
             raise RunError(f"EVAL_ONLY=1: no artifact at {artifact} (ARTIFACT_PATH, or OUT_DIR's final_model.int5.ptz)")
         prior_path = Path(h.out_dir) / "submission.json"
@@ -1404,13 +1405,12 @@ def artifact_to_reevaluate(h: Hyperparameters, rt: Runtime, trainer: Trainer, re
         load_artifact_into(trainer.model, artifact)
         sha = hashlib.sha256(data).hexdigest()
         kept = {k: prior.get(k) for k in TRAINING_FIELDS} if prior.get("artifact_sha256") == sha else {}
-        return len(data), sha, bool(trainer.model.recur_layers and trainer.model.recur_on.item()), kept
-    model_bytes, sha, recur, kept = shared_outcome(rt, describe)
-    rt.log(f"eval only: artifact {artifact} ({model_bytes} bytes, sha256 {sha}), recurrence {'on' if recur else 'off'}"
+        return len(data), sha, kept
+    model_bytes, sha, kept = shared_outcome(rt, describe)
+    rt.log(f"eval only: artifact {artifact} ({model_bytes} bytes, sha256 {sha}), recurrence {'on' if trainer.model.recur else 'off'}"
            + (", training figures from OUT_DIR's record of it" if kept else ""))
     if code_bytes + model_bytes > h.byte_cap:
         record.violate(f"artifact bytes_total {code_bytes + model_bytes} > BYTE_CAP {h.byte_cap} (with this script's {code_bytes} code bytes)")
-    trainer.model.recur = recur
     trainer.prime(train=False)
     record.fields.update({k: None for k in TRAINING_FIELDS}, bytes_model=model_bytes, artifact_sha256=sha,
                          reevaluated=dict(artifact=str(artifact), sha256=sha))
@@ -1466,7 +1466,7 @@ def main() -> None:
             nll = eval_lora(model, run_model, val_tokens, h, rt.rank, rt.world, device, clock, log, budget)
             final_loss, final_bpb = scored(log, "legal_ttt_exact", bpb(nll, val_bytes))
         except Exception as e:
-            record.write(f"provisional: TTT did not finish ({first_line(e)}); the score is the sliding one",
+            record.write(f"provisional: TTT did not finish ({one_line(e, trace=False)}); the score is the sliding one",
                          collective=False, eval_time_s=clock())
             raise
         log_memory(rt, "lora ttt")

@@ -24,6 +24,8 @@ python3 - "$log" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 steps = re.findall(r"step:(\d+)/\d+ train_loss:\S+ train_time:(\d+)ms", text)
+if not steps:  # a bench script that trained nothing (or read a cache)
+    sys.exit(0)
 s, ms = map(int, steps[-1])
 tok = int(re.search(r'"train_batch_tokens": (\d+)', text).group(1))
 print(f"bench: {s} steps, {ms / 1000 / s:.3f} s/step, {tok * s / (ms / 1000):.0f} train tokens/s")

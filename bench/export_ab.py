@@ -20,10 +20,10 @@ def main() -> None:
     val_tokens, val_bytes = tg.load_data(h, rt)
     model = tg.GPT(h)
     trainer = tg.Trainer(h, rt, model)
-    steps, ms = trainer.train(trainer.prime(), lambda: (0.0, 0.0))  # ends with the EMA weights
+    steps, ms = trainer.train(trainer.prime())  # ends with the EMA weights
     hs, _ = trainer.calibrate()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
+    names = tg.quantized_names(model)
     code = len((ROOT / "train_gpt.py").read_bytes())
 
     def evaluate(blob: bytes) -> float:
@@ -31,8 +31,8 @@ def main() -> None:
         L = h.train_seq_len
         return tg.bpb(tg.eval_sliding(model, val_tokens, L, L, h.eval_batch_seqs, 0, 1, rt.device), val_bytes)[1]
 
-    pre = evaluate(tg.pack_artifact({n: ("raw", t.float()) for n, t in state.items()}, (3,))[0])
-    weighted = {n: ("int5", *tg.quantize_int5(t.float(), torch.diag(hs[n]) if n in hs else None))
+    pre = evaluate(tg.pack_artifact({n: ("raw", t.float()) for n, t in state.items()}, 3))
+    weighted = {n: ("q", *tg.quantize_int5(t.float(), torch.diag(hs[n]) if n in hs else None), 15)
                 if n in names else ("raw", t.float()) for n, t in state.items()}
     rows = [("RTN, MSE clip, no prune", tg.quantize_state(state, names)),  # the 15% magnitude-prune arm left with PRUNE_PCT
             ("RTN, diag(H)-weighted clip, no prune", weighted),
@@ -42,7 +42,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     sizes_by_row = []
     for label, q in rows:
-        blob, sizes = tg.pack_artifact(q, tuple(int(lv) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")))  # compare levels
+        sizes = {int(lv): tg.pack_artifact(q, int(lv)) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")}  # compare levels
+        blob = min(sizes.values(), key=len)
+        sizes = {lv: len(b) for lv, b in sizes.items()}
         sizes_by_row.append(sizes)
         sz = " / ".join(f"{sizes[lv]:,}" for lv in sorted(sizes))
         r = evaluate(blob)
@@ -53,10 +55,10 @@ def main() -> None:
         try:
             packed, info = tg.export_within_cap(state, names, code, hs, code + model_bytes, log=lambda m: None)
         except tg.RunError as e:
-            print(f"| GPTQ + prune-to-fit at {label} ({model_bytes:,} + code) | {e} |")
+            print(f"| GPTQ + rate-distortion export at {label} ({model_bytes:,} + code) | {e} |")
             continue
         r = evaluate(packed)
-        print(f"| GPTQ + prune-to-fit at {label} ({model_bytes:,} + code) | level {info['level']} | {len(packed):,} | "
+        print(f"| GPTQ + rate-distortion export at {label} ({model_bytes:,} + code) | level {info['level']} | {len(packed):,} | "
               f"{info['pruned_frac']:.2%} of weights ({info['packs']} packs, {time.perf_counter() - t0:.1f}s) | {r:.5f} | {r - pre:+.5f} |")
 
 

@@ -1,10 +1,10 @@
 """Full-size artifact figures on CPU: builds the default model (or any shape given by the
 usual env vars), trains it STEPS steps on the bench corpus so the weights leave their init,
 exports it as train_gpt.py does (Hessians from CALIB_SEQS training sequences, GPTQ, the
-smallest zstd level; then again under a 2% tighter cap, to time prune-to-fit) and prints the
-size accounting and the CPU seconds of each stage.
+smallest zstd level; then again by the rate-distortion export under TIGHT_CAP, by default the cap less
+50,000 bytes) and prints the size accounting, each table's share, and the CPU seconds of each stage.
 Usage: python3 bench/full_size_artifact.py   (STEPS=12 BENCH_SEQ_LEN=256 BENCH_BATCH=8192 CALIB_SEQS=16)"""
-import math, os, sys, time
+import os, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +45,23 @@ for step in range(steps):
     model.zero_grad(set_to_none=True)
     print(f"  train step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
-names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
+names = tg.quantized_names(model)
 code = len((ROOT / "train_gpt.py").read_bytes())
 calib = int(os.environ.get("CALIB_SEQS", 16))
 t0 = time.perf_counter()
-x, _ = loader.batch(calib, 0, 1)
-hs = tg.collect_hessians(model, x, 4, 1)
+x, y = loader.batch(calib, 0, 1)
+hs = tg.collect_hessians(model, x, y, 4, 1)
 t_calib = time.perf_counter() - t0
 t0 = time.perf_counter()
 q = tg.quantize_state(model.state_dict(), names, hs)
 t_gptq = time.perf_counter() - t0
 t0 = time.perf_counter()
-blob, sizes = tg.pack_artifact(q, tuple(int(lv) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")))  # compare levels
+sizes = {int(lv): tg.pack_artifact(q, int(lv)) for lv in os.environ.get("ZSTD_LEVELS", "16,19,22").split(",")}  # compare levels
+blob = min(sizes.values(), key=len)
+sizes = {lv: len(b) for lv, b in sizes.items()}
 t_pack = time.perf_counter() - t0
 syms = np.concatenate([q[n][1].numpy().ravel() for n in names])
-counts = np.bincount(syms.astype(np.int64) + 15, minlength=31)
+counts = np.bincount(syms.astype(np.int64) - syms.min())
 p = counts[counts > 0] / syms.size
 entropy_bits = float(-(p * np.log2(p)).sum())
 raw = sum(t[1].numel() * 4 for t in q.values() if t[0] == "raw")
@@ -76,13 +78,22 @@ print(f"bytes_model {len(blob):,} (no pruning)  bits per quantized weight {8 * (
 print(f"bytes_code {code:,}  bytes_total {code + len(blob):,}  cap {tg.BYTE_CAP:,}  "
       f"{'fits' if code + len(blob) <= tg.BYTE_CAP else 'OVER'} (headroom {tg.BYTE_CAP - code - len(blob):,}"
       f" = {(tg.BYTE_CAP - code - len(blob)) / tg.BYTE_CAP:.2%})")
-cap = int(os.environ.get("TIGHT_CAP", code + 0.98 * len(blob)))
+for n in sorted(names):  # what a smaller table would give back: its symbols' entropy (+ scales)
+    if "table" in n or "emb" in n:
+        c = np.bincount(q[n][1].numpy().ravel().astype(np.int64) - int(q[n][1].min()))
+        pn = c[c > 0] / c.sum()
+        print(f"  {n}: {tuple(q[n][1].shape)} ~{c.sum() * float(-(pn * np.log2(pn)).sum()) / 8 + 2 * q[n][1].size(0):,.0f} bytes")
+cap = int(os.environ.get("TIGHT_CAP", tg.BYTE_CAP - 50_000))
 t0 = time.perf_counter()
 blob2, info = tg.export_within_cap(model.state_dict(), names, code, hs, cap)
-print(f"with BYTE_CAP {cap:,}: bytes_model {len(blob2):,}, zeroed {info['pruned']:,} +-1 symbols "
-      f"({info['pruned_frac']:.3%}) in {info['packs']} packs, {time.perf_counter() - t0:.1f}s in all")
+steps_used = sorted(info["steps"].values())
+print(f"rate-distortion export under BYTE_CAP {cap:,}: bytes_total {code + len(blob2):,} "
+      f"({cap - code - len(blob2):,} under it), {info['pruned_frac']:.3%} zeroed, "
+      f"{sum(m != 1.0 for m in steps_used)} of {len(names)} tensors at other steps "
+      f"(median x{steps_used[len(steps_used) // 2] if steps_used else 1.0:.2f}), {info['packs']} packs, "
+      f"{time.perf_counter() - t0:.1f}s in all (CPU)")
 path = Path(os.environ.get("TMPDIR", "/tmp")) / "full_size.int5.ptz"
 tg.write_atomic(path, blob)
 t0 = time.perf_counter()
-tg.load_artifact_model(path, h, torch.device("cpu"))
+tg.load_artifact_into(tg.GPT(h), path).to(torch.device("cpu"))
 print(f"reload {time.perf_counter() - t0:.1f}s  (CPU, after {steps} training steps: not a full run)")

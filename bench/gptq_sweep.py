@@ -24,11 +24,11 @@ def export(state, names, hs, damp=0.01, fracs=tg.CLIP_FRACS, full_h=False, table
         if n not in names:
             out[n] = ("raw", t)
         elif n not in hs:
-            out[n] = ("int5", *tg.quantize_int5(t, None, table_fracs))
+            out[n] = ("q", *tg.quantize_int5(t, None, table_fracs), 15)
         else:
             H = hs[n].float()
             scale = clip_full_h(t, H, fracs) if full_h else tg.quantize_int5(t, torch.diag(H), fracs)[1]
-            out[n] = ("int5", tg.gptq_int5(t, H, scale, damp=damp), scale)
+            out[n] = ("q", tg.gptq_int5(t, H, scale, damp=damp), scale, 15)
     return out
 
 
@@ -38,7 +38,7 @@ def gptq_aware(state, names, hs, fracs=tg.GPTQ_CLIP_FRACS, refit=False):
     e^T H e. refit: then each row's scale is refitted to q^T H w / q^T H q (fp16) and GPTQ
     runs once more at that scale."""
     out = tg.quantize_state(state, names, hs)
-    for n in hs:
+    for n in (n for n in hs if ":" not in n):  # the Hessians, not the sensitivities
         w, H = state[n].float(), hs[n].float()
         fr = torch.tensor(fracs)
         scale = (w.abs().amax(1)[None] * fr[:, None] / 15).clamp_min(tg.SCALE_EPS).half()  # (K,R)
@@ -50,7 +50,7 @@ def gptq_aware(state, names, hs, fracs=tg.GPTQ_CLIP_FRACS, refit=False):
         if refit:
             sc = (((q @ H) * w).sum(1) / ((q @ H) * q).sum(1).clamp_min(1e-12)).clamp_min(tg.SCALE_EPS).half()
             q = tg.gptq_int5(w, H, sc).float()
-        out[n] = ("int5", q.to(torch.int8), sc)
+        out[n] = ("q", q.to(torch.int8), sc, 15)
     return out
 
 
@@ -74,14 +74,14 @@ def main() -> None:
         model.recur = bool(model.recur_layers and state.get("recur_on", torch.ones(1)).item())  # as trained
     else:
         trainer = tg.Trainer(h, rt, model)
-        trainer.train(trainer.prime(), lambda: (0.0, 0.0))  # ends with the EMA weights
+        trainer.train(trainer.prime())  # ends with the EMA weights
         hs, _ = trainer.calibrate()
         state = {k: v.clone() for k, v in model.state_dict().items()}
         torch.save((state, hs), cache)
-    names = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.QATMixin)}
+    names = tg.quantized_names(model)
 
     def evaluate(q) -> tuple[float, int]:
-        blob, _ = tg.pack_artifact(q, (16,))
+        blob = tg.pack_artifact(q)
         model.load_state_dict(tg.unpack_artifact(blob))
         L = h.train_seq_len
         return tg.bpb(tg.eval_sliding(model, val_tokens, L, L, h.eval_batch_seqs, 0, 1, rt.device), val_bytes)[1], len(blob)

@@ -8,7 +8,7 @@ Every arm writes a mini-log per seed (an hparams line and its final-score line, 
 prints them) under OUT/<arm>/, so tools/significance.py compares arms paired by seed.
 Usage: PYTHONPATH=bench/fp32 [ARMS=sliding,chunk,...] python3 bench/ttt_modes.py OUT RUN_DIR [RUN_DIR ...]
 Environment overrides apply to every arm's TTT settings (e.g. TTT_EPOCHS=1 TTT_LORA_RANK=16)."""
-import glob, json, os, sys, time
+import glob, json, os, sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def run_hparams(run_dir: Path) -> "tg.Hyperparameters":
 def score(arm: str, run_dir: Path, h, val, nbytes) -> tuple[float, float, float]:
     """(val_loss, val_bpb, seconds) of one arm on a freshly reloaded artifact (TTT moves weights)."""
     dev = torch.device("cpu")
-    model, clock = tg.load_artifact_model(run_dir / "final_model.int5.ptz", h, dev), tg.make_clock()
+    model, clock = tg.load_artifact_into(tg.GPT(h), run_dir / "final_model.int5.ptz").to(dev), tg.make_clock()
     n = val.numel() - 1
     if arm == "sliding":
         nll = tg.eval_sliding(model, val, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, 0, 1, dev)

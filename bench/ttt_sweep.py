@@ -38,7 +38,7 @@ def validation(h, val_glob: str | None = None):
 def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:
     """Legal TTT val_bpb of a freshly reloaded artifact at h's TTT settings, and its seconds."""
     dev = torch.device("cpu")
-    model, clock = tg.load_artifact_model(Path(artifact), h, dev), tg.make_clock()
+    model, clock = tg.load_artifact_into(tg.GPT(h), Path(artifact)).to(dev), tg.make_clock()
     nll = eval_ttt(model, model, val, h, 0, 1, dev, nbytes, clock, log=print, budget=float("inf"))
     return tg.bpb(nll, nbytes)[1], clock()
 
@@ -46,7 +46,7 @@ def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:
 def evaluate(artifact: str, h, val, nbytes, ttt: bool = True) -> dict:
     """Standard, sliding and (optionally) legal TTT val_bpb of the reloaded artifact, with times."""
     dev, L, out = torch.device("cpu"), h.train_seq_len, {}
-    model = tg.load_artifact_model(Path(artifact), h, dev)
+    model = tg.load_artifact_into(tg.GPT(h), Path(artifact)).to(dev)
     for key, stride in (("roundtrip", L), ("sliding", h.eval_stride)):
         t0 = time.perf_counter()
         out[key] = tg.bpb(tg.eval_sliding(model, val, L, stride, h.eval_batch_seqs, 0, 1, dev), nbytes)[1]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TOKENIZER, metric, run_script
+from conftest import ROOT, metric, run_script
 
 
 def run_ok(out, data, **env):
@@ -59,7 +59,7 @@ def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     assert sub["bytes_model"] == (out / "final_model.int5.ptz").stat().st_size
     assert sub["steps"] == 30 and sub["world_size"] == 1
     assert re.search(r"qat: int5 round-to-nearest on at step \d+", log)
-    assert re.search(r"artifact gptq zstd level \d+ .* pruned 0 symbols", log)
+    assert re.search(r"artifact gptq zstd level \d+, 0 tensors at other steps, pruned 0 symbols", log)
     assert str(out) not in log.split("\n", 1)[1]  # only the hparams line names the output folder
 
 
@@ -150,6 +150,7 @@ def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     (dict(RECUR_LAYERS="1,3"), "must be consecutive layers"),
     (dict(RECUR_LAYERS="x"), "must be consecutive layers"),
     (dict(TTT_LORA_CHUNK=65), "1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),  # a longer chunk would leave targets unscored
+    (dict(EMBED_BITS=9), "2 <= EMBED_BITS <= 8"),  # the container stores a symbol in a byte
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)
@@ -249,7 +250,7 @@ def test_eval_only_rejects_a_bad_artifact_in_one_line(tmp_path, tiny_data, one_p
     assert r.returncode == 1 and "Traceback" not in r.stderr
     (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert {"missing": "EVAL_ONLY=1: no artifact at", "truncated": "not a complete zstd stream",
-            "foreign": "no int5 container header", "other shape": "does not match the model configuration"}[case] in line, line
+            "foreign": "no container header", "other shape": "does not match the model configuration"}[case] in line, line
     assert not (tmp_path / "submission.json").exists()
 
 

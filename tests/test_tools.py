@@ -1,5 +1,4 @@
 """Fast tests for tools/ (no network, no GPU)."""
-import importlib.util
 import json
 import os
 import subprocess

@@ -138,17 +138,19 @@ def flops_per_token(cfg, recur=False):
 
 def hessian_elements(cfg):
     """Entries of all GPTQ Hessians: each linear's input dim squared, and d^2 for the tied head."""
-    d, kv = cfg["model_dim"], _kv_dim(cfg)
+    d = cfg["model_dim"]
     per_layer = 5 * d * d + cfg["mlp_hidden"] ** 2                   # q, k, v, out, up read d; down reads hidden
     return cfg["num_layers"] * per_layer + cfg["bigram_dim"] ** 2 + (cfg["ve_layers"] > 0) * cfg["ve_dim"] ** 2 + d * d
 
 
 def calibration_seconds(cfg, mfu, label):
-    """ESTIMATE of the GPTQ calibration inside the training clock, per scenario."""
+    """ESTIMATE of the GPTQ calibration inside the training clock, per scenario: a forward and a backward (the
+    export's sensitivities: squared output gradients), the fp32 Gram matrices, and the all-reduce of both."""
     tokens = cfg["gptq_calib_seqs"] / GPUS * cfg["train_seq_len"]
-    fwd, _ = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)
-    compute = tokens * fwd / (PEAK_FLOPS * mfu) + tokens * 2 * hessian_elements(cfg) / (FP32_FLOPS * FP32_EFFICIENCY)
-    return compute + 4 * hessian_elements(cfg) / ALLREDUCE_BYTES_S[label] + EAGER_OVERHEAD_S
+    _, fwd_bwd = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)
+    tables = cfg["vocab_size"] * (cfg["model_dim"] + cfg["ve_dim"] * (cfg["ve_layers"] > 0)) + cfg["bigram_buckets"] * cfg["bigram_dim"]
+    compute = tokens * fwd_bwd / (PEAK_FLOPS * mfu) + tokens * 2 * hessian_elements(cfg) / (FP32_FLOPS * FP32_EFFICIENCY)
+    return compute + 4 * (hessian_elements(cfg) + tables) / ALLREDUCE_BYTES_S[label] + EAGER_OVERHEAD_S
 
 
 def anchor_mfu():
@@ -332,7 +334,7 @@ def _report(cfg, est, logged_params=None):
     row("eval MFU (est.)", [f"{s['eval_mfu'] * 100:.1f}%" for s in sc])
     for part in est["eval_flops"]:
         row(f"  {part} (est.)", [f"{s['eval_parts_s'][part]:.0f} s" for s in sc])
-    row(f"  export/reload", [f"{s['export_s']:.0f} s" for s in sc])
+    row("  export/reload", [f"{s['export_s']:.0f} s" for s in sc])
     row(f"  {est['ttt_steps']:,} TTT step overheads", [f"{est['ttt_steps'] * TTT_STEP_OVERHEAD_S:.0f} s" for _ in sc])
     if lora:
         row("  LoRA step, one GPU (est.)", [f"{s['lora_step_s'] * 1e3:.0f} ms" for s in sc])

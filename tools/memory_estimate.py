@@ -305,12 +305,12 @@ def measure(tg, cfg, world=WORLD, fake=True, rows=None, groups=GROUPS):
         model.recur = tg.recur_at_end(h)  # the evaluated model (and the EMA's Hessians)
         if "calibration" in groups:
             b = rows or calib_rows(cfg, world)
-            xc, _ = tr.loader.batch(b * world, 0, world)
+            xc, yc = tr.loader.batch(b * world, 0, world)
             c.reset_peak()
-            hs = tg.collect_hessians(model, xc, b, world)
+            hs = tg.collect_hessians(model, xc, yc, b, world)
             peak["gptq calibration"] = c.peak
             part["hessians"] = sum(t.untyped_storage().nbytes() for t in hs.values())
-            del hs, xc
+            del hs, xc, yc
         base = c.live
         tokens = torch.zeros(n + 1, dtype=torch.long)  # main's val_tokens and val_bytes (int64), on the device
         nbytes = torch.zeros(n, dtype=torch.long)
