@@ -698,7 +698,7 @@ def collect_hessians(model: GPT, seqs: torch.Tensor, targets: torch.Tensor, batc
             if isinstance(m, QATMixin):  # (the tied embedding's input role is not seen)
                 hooks.append(m.register_forward_hook(lambda mod, args, out, n=name + ".weight": on_forward(mod, args, out, n)))
         model.eval()
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [m.weight for m in model.modules() if isinstance(m, QEmbedding)]  # every output's gradient, no weight's
         for xb, yb in zip(seqs.split(batch), targets.split(batch)):
             with torch.enable_grad(), torch.autocast(seqs.device.type, dtype=torch.bfloat16):
                 x = model.hidden(xb, model.tok_emb.weight)
@@ -714,12 +714,12 @@ def collect_hessians(model: GPT, seqs: torch.Tensor, targets: torch.Tensor, batc
         all_reduce(hs[name], world).div_(seqs.numel() * world)
     return hs
 
-def rd_weight(name: str, w: torch.Tensor, hessians: dict | None) -> torch.Tensor:
-    """Each entry's loss per squared error (Gauss-Newton): its output's sensitivity x diag(H), a table's its own."""
+def rd_weight(name: str, w: torch.Tensor, hessians: dict | None) -> torch.Tensor | None:
+    """Each entry's loss per squared error (empirical Fisher): output's mean squared gradient x diag(H), a table's own."""
     g, H = (hessians or {}).get(name + ":g"), (hessians or {}).get(name)
     if g is not None and H is not None:
         g = g[:, None] * torch.diag(H)
-    return g.float().to(w.device) if g is not None and torch.isfinite(g).all() else torch.ones_like(w)  # none: ones
+    return g.float().to(w.device) if g is not None and torch.isfinite(g).all() and (g >= 0).all() else None  # None: unusable
 
 def zero_cost(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss each +-1 symbol's zeroing adds (flat, over those symbols), and their flat positions."""
@@ -744,29 +744,29 @@ def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: 
 
 def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict | None = None,
                       cap: int = BYTE_CAP, log=print) -> tuple[bytes, dict]:
-    """Quantizes and packs; over the cap, one Lagrange multiplier picks each tensor's candidate of its ladder
-    (rd_ladder) for the least loss within an aim in predicted bytes (the candidates' entropy + the rest of the
-    first pack), confirmed by packing (GPTQ at the chosen steps); the aim is bisected to land 0-0.2% under."""
+    """Quantizes and packs; over the cap, one Lagrange multiplier picks each tensor's candidate of its ladder (rd_ladder)
+    for the least loss within an aim in predicted bytes (the candidates' entropy + the rest of the first pack), realised
+    by packing (GPTQ at the chosen steps); the aim is bisected over <= 6 more packs towards 0-0.2% under the cap."""
     qstate = quantize_state(state, qmax, hessians, log)
     blob, budget, names = pack_artifact(qstate), cap - code_bytes, sorted(qmax)
     info = dict(level=ZSTD_LEVEL, pruned=0, pruned_frac=0.0, packs=1, steps={})
     if len(blob) <= budget:
         return blob, info
     weight = {n: rd_weight(n, state[n], hessians) for n in names}
+    typical = torch.tensor([float(v.mean()) for v in weight.values() if v is not None] or [1.0]).median()
+    weight = {n: torch.full_like(state[n].float(), float(typical)) if v is None else v for n, v in weight.items()}
     ladder = torch.stack([rd_ladder(state[n], weight[n], qstate[n][2], qmax[n]) for n in names])  # (T, K, 2)
     fixed = len(blob) - float(ladder[:, RD_STEPS.index(1.0) * len(RD_PRUNE), 0].sum()) / 8  # today's candidate: the rest
     aim, fit_aim, over_aim = 0.999 * budget, 0.0, None
     best, cache = None, {(n, 1.0): qstate[n] for n in names}
 
-    def picked(log2_lambda: float) -> torch.Tensor:  # each tensor's candidate of least loss + lambda x bits
-        return (ladder[..., 1] + 2.0 ** log2_lambda * ladder[..., 0]).argmin(1)
-
     for _ in range(6):
-        lo, hi = -40.0, 10.0  # log2 of the multiplier: loss per bit
+        lo, hi = -100.0, 30.0  # log2 of the multiplier lambda (loss per bit); each tensor picks its least loss + lambda x bits
         for _ in range(60):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if fixed + float(ladder[..., 0].gather(1, picked(mid)[:, None]).sum()) / 8 <= aim else (mid, hi)
-        pick = picked(hi)
+            pick = (ladder[..., 1] + 2.0 ** mid * ladder[..., 0]).argmin(1)
+            lo, hi = (lo, mid) if fixed + float(ladder[..., 0].gather(1, pick[:, None]).sum()) / 8 <= aim else (mid, hi)
+        pick = (ladder[..., 1] + 2.0 ** hi * ladder[..., 0]).argmin(1)
         out, zeroed, steps = dict(qstate), {}, {n: RD_STEPS[int(k) // len(RD_PRUNE)] for n, k in zip(names, pick)}
         for n, k in zip(names, pick.tolist()):
             if (n, steps[n]) not in cache:
@@ -785,8 +785,8 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
         aim = (fit_aim + over_aim) / 2 if over_aim and fit_aim else aim * 0.999 * budget / len(blob)
         log(f"artifact at {code_bytes + len(blob)} bytes, cap {cap}: refining")
     if best is None:
-        raise RunError(f"artifact cannot fit: {code_bytes + len(blob)} bytes > cap {cap} at the coarsest steps tried")
-    return best
+        raise RunError(f"artifact cannot fit: {code_bytes + len(blob)} bytes > cap {cap} after {info['packs']} packs")
+    return best[0], dict(best[1], packs=info["packs"])
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes via a temporary file renamed into place: the file is whole or absent."""
