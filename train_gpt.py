@@ -735,11 +735,12 @@ def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: 
         q = torch.clamp(torch.round(w / s), -qmax, qmax)
         cost, ones = zero_cost(q, s, w, weight)
         cost, order = cost.double().sort()
+        err = (weight * (q * s - w) ** 2).sum().double() / 2  # before any zeroing: once per step
         for share in RD_PRUNE:
             k = round(share * len(cost))
             c = torch.bincount((q + qmax).flatten().long().index_fill(0, ones[order[:k]], qmax), minlength=2 * qmax + 1)
             bits = -(c * torch.where(c > 0, c / c.sum(), 1).log2()).sum()  # order-0 entropy
-            out.append(torch.stack([bits.double(), (weight * (q * s - w) ** 2).sum().double() / 2 + cost[:k].sum()]))
+            out.append(torch.stack([bits.double(), err + cost[:k].sum()]))
     return torch.stack(out).cpu()
 
 def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict | None = None,
@@ -783,7 +784,6 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
             break
         fit_aim, over_aim = (aim, over_aim) if len(blob) <= budget else (fit_aim, aim)
         aim = (fit_aim + over_aim) / 2 if over_aim and fit_aim else aim * 0.999 * budget / len(blob)
-        log(f"artifact at {code_bytes + len(blob)} bytes, cap {cap}: refining")
     if best is None:
         raise RunError(f"artifact cannot fit: {code_bytes + len(blob)} bytes > cap {cap} after {info['packs']} packs")
     return best[0], dict(best[1], packs=info["packs"])
