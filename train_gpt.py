@@ -31,7 +31,7 @@ class SharedError(RunError):
 @dataclass
 class Hyperparameters:
     data_path: str = "./data/datasets/fineweb10B_sp1024"; tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    out_dir: str = "."; run_id: str = ""; seed: int = 1337; vocab_size: int = 1024
+    out_dir: str = "."; run_id: str = ""; seed: int = 1337; vocab_size: int = 0  # 0: the tokenizer's
     iterations: int = 20000; warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph compiled
     warmdown_iters: int = 0; warmdown_frac: float = 0.667  # LR decay over the last N steps (0: this fraction of the run)
     max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
@@ -141,13 +141,23 @@ def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
         raise RunError(f"validation split {pattern} has {len(tokens)} tokens, fewer than one sequence of {seq_len}+1")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int64))
 
-def build_byte_luts(sp, vocab_size: int):
+def load_tokenizer(h: Hyperparameters):
+    """The SentencePiece model; sets h.vocab_size to its size (a VOCAB_SIZE given that differs is an error)."""
+    import sentencepiece as spm
+    if not Path(h.tokenizer_path).is_file():
+        raise RunError(f"tokenizer not found: {h.tokenizer_path} {DATA_HINT}")
+    sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
+    if h.vocab_size not in (0, sp.vocab_size()):
+        raise RunError(f"VOCAB_SIZE={h.vocab_size} but {h.tokenizer_path} has {sp.vocab_size()} pieces (unset VOCAB_SIZE to take the tokenizer's)")
+    if sp.bos_id() != 1:  # documents start with BOS = 1 (the TTT's document model)
+        raise RunError(f"{h.tokenizer_path} has BOS id {sp.bos_id()}, not 1 as the challenge's shards use")
+    h.vocab_size = sp.vocab_size()
+    return sp
+
+def build_byte_luts(sp):
     """Per-token byte counts for val_bpb: (base_bytes, has_leading_space, is_boundary)."""
-    if sp.vocab_size() != vocab_size:
-        raise RunError(f"tokenizer vocab {sp.vocab_size()} != VOCAB_SIZE {vocab_size}")
-    base = np.zeros(vocab_size, np.int64)
-    space = np.zeros(vocab_size, bool)
-    boundary = np.zeros(vocab_size, bool)
+    vocab_size = sp.vocab_size()
+    base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.zeros(vocab_size, bool)
     for i in range(vocab_size):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
             boundary[i] = True
@@ -287,8 +297,7 @@ def rope_tables(seq_len: int, rope_dims: int, base: float):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotates the first 2*cos.size(-1) dims of x (B,T,H,D); the rest pass through."""
-    h = cos.size(-1)
-    T = x.size(1)
+    h, T = cos.size(-1), x.size(1)
     c, s = cos[None, :T, None].to(x.dtype), sin[None, :T, None].to(x.dtype)
     x1, x2 = x[..., :h], x[..., h:2 * h]
     return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s, x[..., 2 * h:]], -1)
@@ -484,8 +493,7 @@ def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     tall = X.size(-2) > X.size(-1)
-    if tall:
-        X = X.mT
+    X = X.mT if tall else X
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
         A = X @ X.mT
@@ -577,8 +585,7 @@ def all_reduce_grads(params: list[torch.Tensor], world: int, mean: bool = True) 
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if world > 1:
-        flat = all_reduce(torch.cat([p.grad.flatten() for p in params]), world)
-        flat = flat / world if mean else flat
+        flat = all_reduce(torch.cat([p.grad.flatten() for p in params]), world) / (world if mean else 1)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad = g.view_as(p)
 
@@ -945,8 +952,7 @@ class LoraGuard:
 
     def __init__(self, steps_before: list[int], budget: float, clock, world: int, device, log, enabled: bool):
         self.steps_before = steps_before  # LoRA steps before each batch, and in all (the last)
-        self.budget, self.clock, self.log = budget, clock, log
-        self.world, self.device = world, device
+        self.budget, self.clock, self.log, self.world, self.device = budget, clock, log, world, device
         self.adapting = enabled  # False for good once the guard fires
         self.adapted, self.t_start = 0, clock()  # steps that adapted; when TTT started
 
@@ -1007,8 +1013,7 @@ def compiled_graphs() -> int:
 
 @dataclass
 class Runtime:
-    rank: int; world: int; device: torch.device
-    accum: int; compile: bool; log: Logger
+    rank: int; world: int; device: torch.device; accum: int; compile: bool; log: Logger
 
 def log_memory(rt: Runtime, phase: str) -> None:
     """On CUDA: the phase's peak memory since the last call (the largest rank's), then a fresh peak."""
@@ -1116,16 +1121,13 @@ def setup(h: Hyperparameters) -> Runtime:
 
 def load_data(h: Hyperparameters, rt: Runtime):
     """Validation tokens and their target bytes, on the device."""
-    import sentencepiece as spm
-    if not Path(h.tokenizer_path).is_file():
-        raise RunError(f"tokenizer not found: {h.tokenizer_path} {DATA_HINT}")
-    luts = build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
+    luts = build_byte_luts(load_tokenizer(h))
     val_tokens = load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
     if int(val_tokens.max()) >= h.vocab_size:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
     val_tokens = val_tokens.to(rt.device)
     val_bytes = target_bytes(val_tokens, luts)
-    rt.log(f"val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
+    rt.log(f"vocab:{h.vocab_size} val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
     return val_tokens, val_bytes
 
 class Trainer:
@@ -1178,8 +1180,7 @@ class Trainer:
         training tokens, then undoes it: weights and optimizer state (train() rewinds the loader). train=False
         (EVAL_ONLY): the evaluation graphs alone, as the loaded model runs. Returns the measured QAT / plain and
         recurrent / plain step-time ratios. On CUDA each part's peak memory is logged."""
-        h, rt, model = self.h, self.rt, self.model
-        recur_before = model.recur
+        h, rt, model, recur_before = self.h, self.rt, self.model, self.model.recur
         if not train:
             recs = [model.recur]
         elif model.recur_layers and 0 < h.recur_start_frac < 1:
@@ -1197,8 +1198,7 @@ class Trainer:
             recurrent, qat = phases[i * len(phases) // n]
             model.recur = recurrent
             t0 = time.perf_counter()
-            x, y = self.batch()
-            self.step(x, y, 1.0, 0, qat)
+            self.step(*self.batch(), 1.0, 0, qat)
             times[recurrent, qat].append(self.elapsed_ms(t0))
         set_qat(model, False)
         if n:
@@ -1251,7 +1251,7 @@ class Trainer:
             mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
             if qat_from is None and mult < h.qat_threshold:
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0)
-                log(f"qat: int5 round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
+                log(f"qat: round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
             loss = self.step(*self.batch(), mult, step, qat_from is not None)
             with torch.no_grad():
                 d = min(h.ema_decay, (1 + step) / (10 + step))
@@ -1345,8 +1345,8 @@ class Record:
         ttt = ", score-first lora TTT" if f.get("ttt_val_bpb") is not None else ""
         quantizer = {True: "GPTQ ", False: "RTN ", None: ""}[f["gptq"]]  # None: a re-evaluated artifact's, not known
         sub = dict(author=h.author, github_id=h.github_id, name=h.name or f"{h.num_layers}L U-Net XSA BigramHash int5 TTT",
-                   blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT, XSA, BigramHash, Muon, late int5 QAT, int5 "
-                         f"{quantizer}+ zstd, sliding eval stride {h.eval_stride}{ttt}; {rt.world}x {dev}",
+                   blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT (vocab {h.vocab_size}), XSA, BigramHash, Muon, late QAT, int5 "
+                         f"{quantizer}(embedding int{h.embed_bits}) + zstd, sliding eval stride {h.eval_stride}{ttt}; {rt.world}x {dev}",
                    date=time.strftime("%Y-%m-%d", time.gmtime()), status=status, **scores, bytes_total=f["bytes_code"] + f["bytes_model"],
                    bytes_code=f["bytes_code"], bytes_model=f["bytes_model"], rule_violations=self.violations,
                    steps=f["steps"], train_time_s=f["train_time_s"], eval_time_s=round(f["eval_time_s"], 2),

@@ -16,7 +16,9 @@ import train_gpt as tg  # noqa: E402
 
 shared = ROOT.parent / "shared" / "data"
 os.environ.setdefault("DATA_PATH", str(shared / "datasets" / "bench_sp1024"))
+os.environ.setdefault("TOKENIZER_PATH", str(ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"))
 h = tg.Hyperparameters.from_env()
+tg.load_tokenizer(h)  # sets h.vocab_size
 steps = int(os.environ.get("STEPS", 12))
 seq, batch = int(os.environ.get("BENCH_SEQ_LEN", 256)), int(os.environ.get("BENCH_BATCH", 8192))
 torch.manual_seed(0)

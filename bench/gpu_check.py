@@ -34,16 +34,21 @@ SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="100", WARMUP_STEPS="4", TRAIN_L
 # at the default BYTE_CAP: 20 steps leave near-init weights over the cap, so the export times the rate-distortion
 # allocation (its ladders on the GPU, GPTQ at the chosen steps and up to 7 packs on the CPU), as a full run needs it
 FILES = ("logs/gpu_check.txt", "gpu_check.json", "gpu_check.stream.txt")
+# another vocabulary's shape (GPU_CHECK_VOCAB=4096 or 8192, with that route's EMBED_BITS=... etc. in the environment):
+# the bench's tokenizer of that size; its pieces do not matter to times and memory, its size does
+VOCAB = int(os.environ.get("GPU_CHECK_VOCAB", 1024))
+TOKENIZER = ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model" if VOCAB == 1024 else \
+    ROOT / "bench" / "tokenizers" / f"bench_{VOCAB}_bpe.model"
 
 
 def random_shards(d: Path) -> None:
-    """Uniform random ids with a BOS every ~1,000 tokens: 2 x 16 M train, 512 K validation."""
+    """Uniform random ids below VOCAB with a BOS every ~1,000 tokens: 2 x 16 M train, 512 K validation."""
     rng = np.random.default_rng(0)
     d.mkdir(parents=True, exist_ok=True)
     for name, n in [("fineweb_train_000000.bin", 16 << 20), ("fineweb_train_000001.bin", 16 << 20),
                     ("fineweb_val_000000.bin", VAL_TOKENS + 1)]:
         if not (d / name).is_file():
-            toks = rng.integers(4, 1024, n, dtype=np.uint16)
+            toks = rng.integers(4, VOCAB, n, dtype=np.uint16)
             toks[::1000] = 1
             write_shard(d / name, toks)
 
@@ -67,7 +72,7 @@ def figures(log: str) -> dict:
             return None
         return (steps[b] - steps[a]) / (b - a)
 
-    val = num(r"^val_tokens:(\d+)", int)
+    val = num(r"^(?:vocab:\d+ )?val_tokens:(\d+)", int)
     rt_s, sl_s = num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"), num(r"^final_sliding_exact .* time:([\d.]+)s")
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
     lora = re.search(r"^ttt lora: \d+ batches, (\d+) steps, \d+ adapting, ([\d.]+)s", log, re.M)
@@ -86,7 +91,7 @@ def figures(log: str) -> dict:
         lora_step_ms=1000 * float(lora.group(2)) / int(lora.group(1)) if lora else lora_ms_from_batches(log),  # TTT_LORA_DOCS x L tokens
         export_s=num(r"export_time:([\d.]+)s"),
         gptq_calibration_ms=num(r"gptq_calibration:(\d+)ms", int),  # 1 GPU: all GPTQ_CALIB_SEQS on it
-        val_tokens=val)
+        val_tokens=val, vocab_size=num(r"^vocab:(\d+)", int))
 
 
 def lora_ms_from_batches(log: str) -> float | None:
@@ -134,10 +139,12 @@ def main() -> None:
                     help="seconds the run may take before it is stopped (figures reached so far are kept)")
     args = ap.parse_args()
     out = Path(args.work).resolve()
-    random_shards(out / "data")
-    env = dict(os.environ, **SCHEDULE, DATA_PATH=str(out / "data"), OUT_DIR=str(out), COMPILE="1",
-               RECUR_START_FRAC=os.environ.get("GPU_CHECK_RECUR_FRAC", "0"),
-               TOKENIZER_PATH=str(ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"))
+    if not TOKENIZER.is_file():
+        sys.exit(f"error: no tokenizer for GPU_CHECK_VOCAB={VOCAB} ({TOKENIZER}); 1024, 4096 or 8192")
+    data = out / ("data" if VOCAB == 1024 else f"data_sp{VOCAB}")
+    random_shards(data)
+    env = dict(os.environ, **SCHEDULE, DATA_PATH=str(data), OUT_DIR=str(out), COMPILE="1",
+               RECUR_START_FRAC=os.environ.get("GPU_CHECK_RECUR_FRAC", "0"), TOKENIZER_PATH=str(TOKENIZER))
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / "gpu_check.txt").unlink(missing_ok=True)
     code, wall = run([sys.executable, str(ROOT / "train_gpt.py")], env, ROOT, out / "gpu_check.stream.txt", args.limit)

@@ -29,7 +29,7 @@ def row(label, path):
     rt, sl, tt = (log[k][1] if log[k] else float("nan") for k in ("roundtrip", "sliding", "ttt_final"))
     step, _, ms = log["train"][-1]
     ev = re.search(r"final_sliding_exact .* time:([\d.]+)s eval_time:([\d.]+)s", text)
-    ntok = re.search(r"^val_tokens:(\d+)", text, re.M)
+    ntok = re.search(r"^(?:vocab:\d+ )?val_tokens:(\d+)", text, re.M)
     ttt_s = re.findall(r"ttt_chunk \[\d+/\d+\] bpb=\S+ time=([\d.]+)s", text)
     total = re.search(r"^eval_time:([\d.]+)s", text, re.M)
     return (f"| {label} | {pre:.4f} | {rt:.4f} | {rt - pre:+.4f} | {sl:.4f} | {tt:.4f} | {sl - tt:+.4f} | "

@@ -32,6 +32,7 @@ def run_hparams(run_dir: Path) -> "tg.Hyperparameters":
         if v is not None and f.name.startswith(("ttt_", "eval_")):
             setattr(h, f.name, type(f.default)(v))
     h.ttt_log_every, h.max_eval_seconds = 0, float("inf")
+    tg.load_tokenizer(h)  # the vocabulary (a log's hparams line may say 0: the tokenizer's)
     return h
 
 

@@ -29,8 +29,7 @@ def setup(val_glob: str | None = None):
 
 def validation(h, val_glob: str | None = None):
     """h's validation tokens (or val_glob's) and the bytes of each of their targets, as train_gpt.py scores them."""
-    import sentencepiece as spm
-    luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=h.tokenizer_path), h.vocab_size)
+    luts = tg.build_byte_luts(tg.load_tokenizer(h))  # sets h.vocab_size
     val = tg.load_validation(val_glob or os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
     return val, tg.target_bytes(val, luts)
 

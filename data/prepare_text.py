@@ -1,49 +1,86 @@
 #!/usr/bin/env python3
-"""Turn your own text into Parameter Golf token shards (fineweb_{train,val}_NNNNNN.bin).
+"""Turn a documents file into Parameter Golf token shards (fineweb_{val,train}_NNNNNN.bin), streaming.
 
-Example:
-    python data/prepare_text.py corpus.jsonl --tokenizer fineweb_1024_bpe.model --out data/mine
+Examples:
+    # the official route to another vocabulary: the challenge's docs_selected.jsonl (~48 GB), re-tokenized
+    python3 data/prepare_text.py docs_selected.jsonl --tokenizer fineweb_4096_bpe.model \\
+        --out data/datasets/fineweb10B_sp4096
+    # a small corpus of your own: its own validation share
+    python3 data/prepare_text.py corpus.jsonl --tokenizer fineweb_1024_bpe.model --out data/mine --val-docs 500
+
+Documents are read one at a time and encoded by --workers processes in order, so memory stays bounded
+(about one shard of tokens plus a few batches of text) on any input size, and the output is the same for
+any number of workers. Each document becomes [BOS] + its tokens. The first --val-docs documents
+(default 50,000: the official split) are validation, the rest training; a training document whose text
+equals a validation document's is left out and counted, so no validation text reaches training. Shards
+are written into a hidden folder of --out and moved into place only when the whole input is done: a
+failed run leaves --out as it was. --out also gets prepare_text.json (what was done, with the counts).
 """
 import argparse
+import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
+OFFICIAL_VAL_DOCS = 50_000  # the challenge's split: the first 50,000 documents of docs_selected.jsonl
+BATCH_BYTES = 1 << 20  # text per task sent to a worker
 
 
-def read_documents(path):
-    """Documents of one file: JSONL (one {"text": ...} per line) or plain text split on blank lines."""
+def fail(msg: str):
+    sys.exit(f"prepare_text: {msg}")
+
+
+def iter_documents(path):
+    """Yields (where, text) for each document of one file, reading it line by line: JSONL (one
+    {"text": ...} per line) or plain text whose documents are separated by blank lines."""
     path = Path(path)
     if not path.is_file():
-        sys.exit(f"prepare_text: input file not found: {path}")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        sys.exit(f"prepare_text: {path}: not valid UTF-8 ({e})")
-    if path.suffix != ".jsonl":
-        blocks = re.split(r"\n[ \t\r\f\v]*\n", content.replace("\r\n", "\n"))
-        return [b.strip() for b in blocks if b.strip()]
-    docs = []
-    for lineno, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            sys.exit(f"prepare_text: {path}:{lineno}: invalid JSON ({e.msg})")
-        if not isinstance(obj, dict) or "text" not in obj:
-            sys.exit(f'prepare_text: {path}:{lineno}: line has no "text" field')
-        if not isinstance(obj["text"], str):
-            sys.exit(f'prepare_text: {path}:{lineno}: "text" is not a string')
-        docs.append(obj["text"])
-    return docs
+        fail(f"input file not found: {path}")
+    jsonl, block, start = path.suffix == ".jsonl", [], 1
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                fail(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)")
+            if jsonl:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    fail(f"{path}:{lineno}: invalid JSON ({e.msg})")
+                if not isinstance(obj, dict) or "text" not in obj:
+                    fail(f'{path}:{lineno}: line has no "text" field')
+                if not isinstance(obj["text"], str):
+                    fail(f'{path}:{lineno}: "text" is not a string')
+                if not obj["text"].strip():
+                    fail(f"{path}:{lineno}: empty document")
+                yield f"{path}:{lineno}", obj["text"]
+            elif re.fullmatch(r"[ \t\r\f\v]*\n?", line):  # a blank line ends a plain-text document
+                if block:
+                    yield f"{path}:{start}", "".join(block).strip()
+                block = []
+            else:
+                start = lineno if not block else start
+                block.append(line.replace("\r\n", "\n"))
+    if block:
+        yield f"{path}:{start}", "".join(block).strip()
+
+
+def read_documents(path) -> list[str]:
+    """All documents of one file, as a list (small inputs and tests)."""
+    return [text for _, text in iter_documents(path)]
 
 
 def encode_documents(sp, docs):
@@ -96,63 +133,177 @@ def read_shard(path):
 
 def write_split(out_dir, split, tokens, shard_tokens):
     """Write tokens as consecutive shards; returns the list of paths."""
-    paths = []
-    for i, start in enumerate(range(0, len(tokens), shard_tokens)):
-        paths.append(Path(out_dir) / f"fineweb_{split}_{i:06d}.bin")
-        write_shard(paths[-1], tokens[start:start + shard_tokens])
-    return paths
+    writer = ShardWriter(out_dir, split, shard_tokens)
+    writer.add(tokens)
+    return writer.close()
+
+
+class ShardWriter:
+    """Token stream -> shards of exactly shard_tokens (the last one shorter), written as they fill."""
+
+    def __init__(self, out_dir, split: str, shard_tokens: int):
+        self.out_dir, self.split, self.shard_tokens = Path(out_dir), split, shard_tokens
+        self.pending, self.held, self.paths, self.tokens, self.docs = [], 0, [], 0, 0
+
+    def add(self, tokens: np.ndarray, docs: int = 0) -> None:
+        self.pending.append(tokens)
+        self.held, self.tokens, self.docs = self.held + len(tokens), self.tokens + len(tokens), self.docs + docs
+        while self.held >= self.shard_tokens:
+            self.flush(self.shard_tokens)
+
+    def flush(self, n: int) -> None:
+        stream = np.concatenate(self.pending)
+        self.paths.append(self.out_dir / f"fineweb_{self.split}_{len(self.paths):06d}.bin")
+        write_shard(self.paths[-1], stream[:n])
+        self.pending, self.held = [stream[n:]], len(stream) - n
+
+    def close(self) -> list[Path]:
+        if self.held:
+            self.flush(self.held)
+        return self.paths
+
+
+SP = None  # each worker's tokenizer
+
+
+def worker_init(model_file: str) -> None:
+    global SP
+    import sentencepiece as spm
+    SP = spm.SentencePieceProcessor(model_file=model_file)
+
+
+def worker_encode(texts: list[str]) -> np.ndarray:
+    return encode_documents(SP, texts)
+
+
+def doc_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def batches(docs, val_docs: int, stats: dict):
+    """(split, texts) batches of about BATCH_BYTES, never mixing the splits; training documents equal to a
+    validation document are left out (counted in stats)."""
+    seen, texts, size, split = set(), [], 0, "val"
+    for i, (_, text) in enumerate(docs):
+        now = "val" if i < val_docs else "train"
+        if now != split or size >= BATCH_BYTES:
+            if texts:
+                yield split, texts
+            texts, size, split = [], 0, now
+        if now == "val":
+            seen.add(doc_hash(text))
+        elif doc_hash(text) in seen:
+            stats["train_docs_equal_to_val"] += 1
+            continue
+        texts.append(text)
+        size += len(text)
+    if texts:
+        yield split, texts
+
+
+def encoded(tasks, tokenizer: str, workers: int):
+    """(split, tokens, docs) in input order; with workers > 1, at most 2 x workers batches in flight."""
+    if workers <= 1:
+        worker_init(tokenizer)
+        for split, texts in tasks:
+            yield split, worker_encode(texts), len(texts)
+        return
+    import multiprocessing as mp
+    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(
+            workers, worker_init, (tokenizer,)) as pool:
+        flight = deque()
+        for split, texts in tasks:
+            flight.append((split, pool.apply_async(worker_encode, (texts,)), len(texts)))
+            if len(flight) >= 2 * workers:
+                s, res, n = flight.popleft()
+                yield s, res.get(), n
+        while flight:
+            s, res, n = flight.popleft()
+            yield s, res.get(), n
+
+
+def check_tokenizer(path: str, vocab_size: int | None):
+    import sentencepiece as spm
+    if not Path(path).is_file():
+        fail(f"tokenizer not found: {path}")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        fail(f"{path} is not a SentencePiece model ({str(e).splitlines()[0]})")
+    vocab = sp.vocab_size()
+    if vocab_size is not None and vocab != vocab_size:
+        fail(f"{path} has vocab size {vocab}, expected --vocab-size {vocab_size}")
+    if vocab > 65536:
+        fail(f"vocab size {vocab} does not fit in uint16 (max 65536)")
+    if sp.bos_id() != 1:
+        fail(f"{path} has BOS id {sp.bos_id()}; the challenge's shards start each document with BOS = 1 "
+             f"(data/train_tokenizer.py makes such a tokenizer)")
+    return sp
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(
-        prog="prepare_text.py",
-        description="Tokenize text into challenge shards (fineweb_val_*.bin, fineweb_train_*.bin). "
-                    "Inputs ending in .jsonl hold one {\"text\": ...} object per line; any other "
-                    "file is plain UTF-8 text whose documents are separated by blank lines. "
-                    "Each document becomes [BOS] + tokens; the first --val-docs go to validation.")
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl or plain text file(s)")
-    ap.add_argument("--tokenizer", required=True, help="SentencePiece .model file")
+        prog="prepare_text.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl or plain text file(s), read in this order")
+    ap.add_argument("--tokenizer", required=True, help="SentencePiece .model file (BOS = 1)")
     ap.add_argument("--out", required=True, help="output directory (created if needed)")
-    ap.add_argument("--val-docs", type=int, default=500,
-                    help="documents from the start of the list used for validation (default 500)")
-    ap.add_argument("--shard-tokens", type=int, default=100_000_000,
-                    help="tokens per shard (default 100000000)")
+    ap.add_argument("--val-docs", type=int, default=OFFICIAL_VAL_DOCS,
+                    help=f"documents from the start used for validation (default {OFFICIAL_VAL_DOCS:,}: the official split)")
+    ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100000000)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: every core)")
     ap.add_argument("--vocab-size", type=int, help="fail unless the tokenizer has this vocab size")
     args = ap.parse_args(argv)
-
-    import sentencepiece as spm
-    if not Path(args.tokenizer).is_file():
-        sys.exit(f"prepare_text: tokenizer not found: {args.tokenizer}")
-    sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
-    vocab = sp.vocab_size()
-    if args.vocab_size is not None and vocab != args.vocab_size:
-        sys.exit(f"prepare_text: {args.tokenizer} has vocab size {vocab}, expected --vocab-size {args.vocab_size}")
-    if vocab > 65536:
-        sys.exit(f"prepare_text: vocab size {vocab} does not fit in uint16 (max 65536)")
-    if sp.bos_id() < 0:
-        sys.exit(f"prepare_text: {args.tokenizer} has no BOS token")
+    sp = check_tokenizer(args.tokenizer, args.vocab_size)
     if args.val_docs < 1:
-        sys.exit(f"prepare_text: zero validation documents (--val-docs {args.val_docs})")
-    if args.shard_tokens < 1:
-        sys.exit(f"prepare_text: --shard-tokens must be >= 1, got {args.shard_tokens}")
-
-    docs = [d for path in args.inputs for d in read_documents(path)]
-    val_docs, train_docs = docs[:args.val_docs], docs[args.val_docs:]
-    if not train_docs:
-        sys.exit(f"prepare_text: zero training documents: {len(docs)} documents in total, "
-                 f"all taken by --val-docs {args.val_docs}")
+        fail(f"zero validation documents (--val-docs {args.val_docs})")
+    if args.shard_tokens < 1 or args.workers < 1:
+        fail(f"--shard-tokens and --workers must be >= 1, got {args.shard_tokens} and {args.workers}")
+    for path in args.inputs:
+        if not Path(path).is_file():
+            fail(f"input file not found: {path}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for split, split_docs in (("val", val_docs), ("train", train_docs)):
-        tokens = encode_documents(sp, split_docs)
-        paths = write_split(out, split, tokens, args.shard_tokens)
-        stale = sorted(set(out.glob(f"fineweb_{split}_*.bin")) - set(paths))
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare_text."))
+    stats = dict(train_docs_equal_to_val=0)
+    writers = {s: ShardWriter(work, s, args.shard_tokens) for s in ("val", "train")}
+    t0, last = time.time(), time.time()
+    try:
+        docs = (d for path in args.inputs for d in iter_documents(path))
+        for split, tokens, n in encoded(batches(docs, args.val_docs, stats), args.tokenizer, args.workers):
+            writers[split].add(tokens, n)
+            if time.time() - last > 60:
+                last = time.time()
+                done = sum(w.docs for w in writers.values())
+                print(f"  {done:,} documents, {sum(w.tokens for w in writers.values()):,} tokens, "
+                      f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+        paths = {s: w.close() for s, w in writers.items()}
+        total = writers["val"].docs + writers["train"].docs + stats["train_docs_equal_to_val"]
+        if writers["val"].docs < args.val_docs or not writers["train"].docs:
+            fail(f"zero training documents: {total} documents in total, --val-docs {args.val_docs} "
+                 f"(a small corpus passes its own --val-docs)")
+        for split in ("val", "train"):  # whole: moved into place
+            for i, p in enumerate(paths[split]):
+                paths[split][i] = out / p.name
+                os.replace(p, paths[split][i])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    manifest = dict(inputs=[str(p) for p in args.inputs], tokenizer=str(args.tokenizer), vocab_size=sp.vocab_size(),
+                    tokenizer_sha256=hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest(),
+                    val_docs=writers["val"].docs, train_docs=writers["train"].docs, **stats,
+                    val_tokens=writers["val"].tokens, train_tokens=writers["train"].tokens,
+                    shard_tokens=args.shard_tokens, seconds=round(time.time() - t0, 1))
+    (out / "prepare_text.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for split in ("val", "train"):
+        ps, w = paths[split], writers[split]
+        stale = sorted(set(out.glob(f"fineweb_{split}_*.bin")) - set(ps))
         if stale:
             print(f"prepare_text: warning: {len(stale)} older {split} shard(s) left in {out}, "
                   f"e.g. {stale[0].name}; delete them before training", file=sys.stderr)
-        shown = str(paths[0]) if len(paths) == 1 else f"{paths[0]} .. {paths[-1].name}"
-        print(f"{split}: {len(split_docs)} docs, {len(tokens)} tokens, {len(paths)} shards -> {shown}")
+        shown = str(ps[0]) if len(ps) == 1 else f"{ps[0]} .. {ps[-1].name}"
+        print(f"{split}: {w.docs} docs, {w.tokens} tokens, {len(ps)} shards -> {shown}")
+    if stats["train_docs_equal_to_val"]:
+        print(f"train: {stats['train_docs_equal_to_val']} documents equal to a validation document left out")
 
 
 if __name__ == "__main__":

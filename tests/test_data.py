@@ -17,7 +17,7 @@ EXTRA_DOCS = [
 def test_bpb_bytes_equal_utf8_length_of_decoded_documents(tg, synth_docs):
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(TOKENIZER))
-    luts = tg.build_byte_luts(sp, 1024)
+    luts = tg.build_byte_luts(sp)
     checked = 0
     for text in EXTRA_DOCS + synth_docs[1][:40]:
         ids = sp.encode(text)
@@ -29,10 +29,12 @@ def test_bpb_bytes_equal_utf8_length_of_decoded_documents(tg, synth_docs):
     assert checked >= 40
 
 
-def test_vocab_mismatch_is_rejected(tg):
-    import sentencepiece as spm
-    with pytest.raises(tg.RunError, match="VOCAB_SIZE 2048"):
-        tg.build_byte_luts(spm.SentencePieceProcessor(model_file=str(TOKENIZER)), 2048)
+def test_the_vocabulary_comes_from_the_tokenizer(tg):
+    h = tg.Hyperparameters(tokenizer_path=str(TOKENIZER))
+    assert h.vocab_size == 0 and tg.load_tokenizer(h).vocab_size() == 1024 and h.vocab_size == 1024
+    assert tg.load_tokenizer(tg.Hyperparameters(tokenizer_path=str(TOKENIZER), vocab_size=1024)).vocab_size() == 1024
+    with pytest.raises(tg.RunError, match=r"VOCAB_SIZE=2048 but .*fineweb_1024_bpe\.model has 1024 pieces"):
+        tg.load_tokenizer(tg.Hyperparameters(tokenizer_path=str(TOKENIZER), vocab_size=2048))
 
 
 def test_shard_reader_reads_what_prepare_text_wrote(tg, tiny_data):

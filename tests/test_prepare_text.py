@@ -1,6 +1,8 @@
 """Tests for data/prepare_text.py (tiny inputs, no network, no GPU)."""
 import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ def sp():
 
 
 def run(args):
-    pt.main([str(a) for a in args])
+    """In this process, one worker (the worker processes are tested through the command line)."""
+    pt.main([str(a) for a in args] + ([] if "--workers" in args else ["--workers", "1"]))
 
 
 def read_split(out, split):
@@ -135,3 +138,101 @@ def test_read_shard_rejects_corrupt(tmp_path):
     tiny.write_bytes(raw[:100])
     with pytest.raises(ValueError, match="tiny.bin"):
         pt.read_shard(tiny)
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def cli(*args, timeout=300):
+    """prepare_text.py as a user runs it (its worker processes included); (returncode, stdout, stderr)."""
+    import subprocess
+    r = subprocess.run([sys.executable, str(ROOT / "data" / "prepare_text.py"), *map(str, args)],
+                       capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+
+def shard_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("fineweb_*.bin"))}
+
+
+def test_workers_give_the_same_shards_as_one_process(tmp_path, synth_docs):
+    docs = synth_docs[0][:600]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    outs = []
+    for w in (1, 3):
+        code, printed, err = cli(src, "--tokenizer", TOKENIZER, "--out", tmp_path / f"w{w}", "--val-docs", 40,
+                                 "--shard-tokens", 20_000, "--workers", w)
+        assert code == 0, err
+        outs.append(shard_bytes(tmp_path / f"w{w}"))
+    assert outs[0] == outs[1] and len(outs[0]) >= 4
+    manifest = json.loads((tmp_path / "w3" / "prepare_text.json").read_text())
+    assert (manifest["val_docs"], manifest["train_docs"], manifest["train_docs_equal_to_val"]) == (40, 560, 0)
+
+
+def test_memory_stays_bounded_as_the_input_grows(tmp_path, synth_docs):
+    """Streaming: 23 MB more input adds at most half of that to the peak memory (a few MB of allocator noise;
+    reading it whole, as before, added ~10x the input's size)."""
+    import subprocess
+    peaks = []
+    for copies in (10, 50):
+        src = write_jsonl(tmp_path / f"in{copies}.jsonl", synth_docs[0] * copies)
+        code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
+                "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        r = subprocess.run([sys.executable, "-c", code, sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src),
+                            "--tokenizer", str(TOKENIZER), "--out", str(tmp_path / "out"), "--val-docs", "50",
+                            "--shard-tokens", "1000000", "--workers", "1"], capture_output=True, text=True, timeout=300)
+        rc, kb = map(int, r.stdout.split())
+        assert rc == 0
+        peaks.append(kb * 1024)
+    extra = (tmp_path / "in50.jsonl").stat().st_size - (tmp_path / "in10.jsonl").stat().st_size
+    assert extra > 20_000_000 and peaks[1] - peaks[0] < 0.5 * extra, (peaks, extra)
+
+
+def test_iter_documents_reads_lazily(tmp_path):
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "one"}\n{"text": "two"}\n{broken\n', encoding="utf-8")
+    docs = pt.iter_documents(src)
+    assert [next(docs)[1], next(docs)[1]] == ["one", "two"]  # the broken line is not read yet
+    with pytest.raises(SystemExit, match=r"d\.jsonl:3: invalid JSON"):
+        next(docs)
+
+
+def test_the_official_split_is_the_default_and_no_validation_text_reaches_training(tmp_path, sp):
+    docs = [f"document number {i} with some words" for i in range(50_010)]
+    docs[50_003] = docs[7]  # a training document equal to a validation one
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    run([src, "--tokenizer", TOKENIZER, "--out", tmp_path / "out"])
+    _, val = read_split(tmp_path / "out", "val")
+    _, train = read_split(tmp_path / "out", "train")
+    assert int((val == BOS).sum()) == 50_000 and sp.decode(split_docs(val)[-1]) == docs[49_999]
+    assert [sp.decode(x) for x in split_docs(train)] == [d for i, d in enumerate(docs[50_000:]) if i != 3]
+    assert json.loads((tmp_path / "out" / "prepare_text.json").read_text())["train_docs_equal_to_val"] == 1
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"bad\.jsonl:52: not valid UTF-8"),
+    (b'{"text": "ok"}\n{"text": "   "}\n', r"bad\.jsonl:52: empty document"),
+    (b'{"text": "ok"}\n["text"]\n', r'bad\.jsonl:52: line has no "text" field'),
+])
+def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, content, msg):
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(b'{"text": "a first document"}\n' * 50 + content)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fineweb_val_000000.bin").write_bytes(b"before")
+    code, _, err = cli(src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 30, "--workers", 2)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(msg, err), err
+    assert sorted(p.name for p in out.iterdir()) == ["fineweb_val_000000.bin"]  # no shard, no hidden folder left
+    assert (out / "fineweb_val_000000.bin").read_bytes() == b"before"
+
+
+def test_a_tokenizer_without_bos_1_is_refused(tmp_path):
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["some words here", "more words there"] * 50),
+                                   model_prefix=str(tmp_path / "nobos"), vocab_size=40, model_type="bpe",
+                                   bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2)
+    src = write_jsonl(tmp_path / "d.jsonl", ["one", "two"])
+    with pytest.raises(SystemExit, match=r"nobos\.model has BOS id -1.*BOS = 1"):
+        run([src, "--tokenizer", tmp_path / "nobos.model", "--out", tmp_path / "out", "--val-docs", 1])

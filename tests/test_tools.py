@@ -242,10 +242,11 @@ def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
 
 def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     h = tg.Hyperparameters()
-    shared = [k for k in est.DEFAULTS if hasattr(h, k) and k != "iterations"]  # estimator: wall clock only
+    shared = [k for k in est.DEFAULTS if hasattr(h, k) and k not in ("iterations", "vocab_size")]  # estimator: wall
+    assert h.vocab_size == 0 and est.DEFAULTS["vocab_size"] == 1024  # clock only; the script: the tokenizer's, sp1024's
     assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
     with torch.device("meta"):
-        for env in ({}, {"VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
+        for env in ({"VOCAB_SIZE": "1024"}, {"VOCAB_SIZE": "8192", "VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
             n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
             assert est.total_params(est.load_config(env=env)) == n, env
 
@@ -366,3 +367,22 @@ def test_memory_compiled_estimate_saves_less_than_eager(one_thread):
     _, part = mem.measure(tg, cfg, fake=False, groups=("train",))  # real tensors: quicker here, the same bytes
     assert set(compiled) == {"train step + recurrence"}
     assert 0 < compiled["train step + recurrence"] < part["saved train step + recurrence"]  # pointwise ops recomputed
+
+
+def test_another_vocabulary_prices_its_validation_tokens_documents_and_logits():
+    c1, c8 = est.load_config(env={}), est.load_config(env={"VOCAB_SIZE": "8192"})
+    assert (c1["val_tokens"], c8["val_tokens"]) == (est.SP1024_VAL_TOKENS, 40_540_160)
+    assert est.load_config(env={"VOCAB_SIZE": "8192", "VAL_TOKENS": "1000"})["val_tokens"] == 1000
+    assert est.load_config(env={}, hparams={"vocab_size": 0})["vocab_size"] == 1024  # a log's 0: the tokenizer's
+    assert est.load_config(env={}, hparams={"vocab_size": 4096})["val_tokens"] == 45_508_608
+    l1, l8 = est.doc_lengths(c1["val_tokens"]), est.doc_lengths(c8["val_tokens"])
+    assert abs(sum(l8) - c8["val_tokens"]) < 1e-3 * c8["val_tokens"] and len(l8) == len(l1) == 50_000
+    assert max(l8) == round(max(l1) * c8["val_tokens"] / c1["val_tokens"])  # the same documents, fewer tokens
+    assert est.logit_seconds(c1, 1e6, "train") == 0 < est.logit_seconds(c8, 1e6, "eval") < est.logit_seconds(c8, 1e6, "train")
+    (f1, _), (f8, _) = est.flops_per_token(c1), est.flops_per_token(c8)
+    s1, s8 = (est.estimate(c)["scenarios"][1] for c in (c1, c8))
+    assert s8["step_ms"] / s1["step_ms"] > f8 / f1  # FLOPs and the logits' memory traffic
+    assert s8["eval_parts_s"]["sliding_pass"] < s1["eval_parts_s"]["sliding_pass"]  # 35% fewer tokens to score
+    m = json.loads(open(os.path.join(ROOT, "bench", "results", "gpu_check_h200_2026-12-04", "gpu_check.json")).read())
+    at1024, at8192 = (est.estimate(c8, dict(m, vocab_size=v))["scenarios"][1]["step_ms"] for v in (1024, 8192))
+    assert at8192 < at1024  # a GPU check at 8192 timed those logits already: they are not charged twice

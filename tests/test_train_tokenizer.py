@@ -53,7 +53,7 @@ def test_the_tokenizer_has_the_challenges_settings_and_never_saw_the_skipped_doc
 
 def test_byte_count_is_exact_for_a_byte_fallback_tokenizer(tg, tokenizer):
     sp, _ = tokenizer
-    luts = tg.build_byte_luts(sp, sp.vocab_size())
+    luts = tg.build_byte_luts(sp)
     for text in ["the café of naïve 2024 déjà vu", "zqxj ☃ emoji 🙂 and tabs\tend", "  leading spaces", "x"]:
         ids = torch.tensor([1] + sp.encode(text))  # a document: BOS, then its tokens
         assert int(tg.target_bytes(ids, luts).sum()) == len(sp.decode(sp.encode(text)).encode("utf-8")), text

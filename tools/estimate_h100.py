@@ -33,12 +33,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from logparse import parse_log  # noqa: E402
 
+SP1024_VAL_TOKENS = 62_021_632  # the scored validation tokens of the official sp1024 shards (the default)
+# the same 50,000 documents under other vocabularies (val_tokens of the runs' logs: SP4096 PRs #1218 and #1421,
+# SP8192 PR #1394, openai/parameter-golf); VAL_TOKENS overrides, an unlisted vocabulary keeps sp1024's (more work)
+VAL_TOKENS_BY_VOCAB = {1024: SP1024_VAL_TOKENS, 4096: 45_508_608, 8192: 40_540_160}
 DEFAULTS = dict(
     num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_hidden=1536,
     vocab_size=1024, bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
-    ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=62021632,
+    ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=SP1024_VAL_TOKENS,
     ttt_mode="lora", ttt_lora_rank=64, ttt_lora_chunk=128, ttt_lora_docs=64,
     warmdown_iters=0, warmdown_frac=0.667, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
@@ -64,6 +68,12 @@ EVAL_MFU_RATIO = 0.7         # eval MFU assumed = train MFU * 0.7
 TTT_STEP_OVERHEAD_S = 0.005  # assumed fixed cost per TTT optimizer step (small batch, all-reduce)
 FA2_SLOWDOWN = 1.10          # SDPA (FlashAttention-2) instead of FA3 (the anchor's kernel)
 MULTI_GPU_OVERHEAD = 1.05    # a 1-GPU measurement scaled to 8 GPUs: gradient all-reduce etc.
+# A larger vocabulary's logits: memory-bound traffic the FLOP model misses (bf16 logits, fp32 softcap and
+# cross-entropy, their gradients), assumed bytes per logit and token; priced beyond the anchor's (and the GPU
+# check's, unless it ran another vocabulary) 1024 logits, at HBM3 3.35 TB/s x 0.7, x0.8 / 1 / 1.2 by scenario.
+LOGIT_BYTES = {"train": 32, "eval": 12}
+HBM_BYTES_S = 3.35e12 * 0.7
+LOGIT_SCALE = {"optimistic": 0.8, "nominal": 1.0, "pessimistic": 1.2}
 # (label, MFU factor, attention slowdown, QAT / plain step time)
 SCENARIOS = (("optimistic", 1.2, 1.0, 1.15), ("nominal", 1.0, 1.0, 1.15), ("pessimistic", 0.8, FA2_SLOWDOWN, 1.30))
 MEASURED_PESSIMISM = 1.25
@@ -90,10 +100,13 @@ def load_config(env=None, hparams=None):
         if key.upper() in env:
             cfg[key] = _coerce(key, env[key.upper()])
     hp = {k.lower(): v for k, v in (hparams or {}).items()}
+    vocab = hp.get("vocab_size") or cfg["vocab_size"]
+    if "VAL_TOKENS" not in env and not hp.get("val_tokens"):
+        cfg["val_tokens"] = VAL_TOKENS_BY_VOCAB.get(int(vocab), SP1024_VAL_TOKENS)
     if "mlp_hidden" not in hp and "mlp_mult" in hp:
         hp["mlp_hidden"] = float(hp["mlp_mult"]) * float(hp.get("model_dim", cfg["model_dim"]))
     for key in DEFAULTS:
-        if hp.get(key) is not None:
+        if hp.get(key) is not None and not (key == "vocab_size" and not hp[key]):  # 0: the tokenizer's
             cfg[key] = _coerce(key, hp[key])
     return cfg
 
@@ -153,6 +166,11 @@ def calibration_seconds(cfg, mfu, label):
     return compute + 4 * (hessian_elements(cfg) + tables) / ALLREDUCE_BYTES_S[label] + EAGER_OVERHEAD_S
 
 
+def logit_seconds(cfg, tokens, kind, base=1024):
+    """ESTIMATE: one GPU's extra seconds for `tokens` positions' logits beyond `base` of them (train: fwd + bwd)."""
+    return tokens * max(0, cfg["vocab_size"] - base) * LOGIT_BYTES[kind] / HBM_BYTES_S
+
+
 def anchor_mfu():
     _, train = flops_per_token(DEFAULTS)
     return train * ANCHOR_BATCH / (GPUS * PEAK_FLOPS * ANCHOR_STEP_S)
@@ -181,11 +199,12 @@ def train_steps(step_s, qat_ratio, cfg, recur_ratio=1.0):
 
 
 def doc_lengths(total, n_docs=50_000):
-    """MODEL of the validation documents' lengths (tokens incl. the next BOS); see the docstring."""
+    """MODEL of the validation documents' lengths (tokens incl. the next BOS); see the docstring. Another
+    vocabulary holds the same documents in fewer tokens: the 16 longest shrink by total / SP1024_VAL_TOKENS."""
     from statistics import NormalDist
     nd = NormalDist()
     lens = [math.exp(math.log(730) + 0.946 * nd.inv_cdf((i + 0.5) / n_docs)) for i in range(n_docs - 16)]
-    top = [38248 * (123566 / 38248) ** (i / 15) for i in range(16)]
+    top = [38248 * (123566 / 38248) ** (i / 15) * min(1.0, total / SP1024_VAL_TOKENS) for i in range(16)]
     k = (total - sum(top)) / sum(lens)
     return [max(2, round(x * k)) for x in lens] + [round(x) for x in top]
 
@@ -255,6 +274,10 @@ def estimate(cfg, measured=None):
         parts = {k: attn * v / (GPUS * PEAK_FLOPS * eval_mfu) for k, v in eval_flops.items()}
         export_s, ttt_overhead = EXPORT_S, ttt_steps * TTT_STEP_OVERHEAD_S
         step_s_lora = attn * step_flops / (PEAK_FLOPS * eval_mfu) + TTT_STEP_OVERHEAD_S  # one GPU's step
+        base = (measured.get("vocab_size") or 1024) if measured and label != "optimistic" else 1024  # logits timed
+        logit_s = {k: LOGIT_SCALE[label] * logit_seconds(cfg, n, kind, base) for k, n, kind in (
+            ("step", cfg["train_batch_tokens"] / GPUS, "train"), ("standard_val_x2", 2 * val / GPUS, "eval"),
+            ("sliding_pass", windows * cfg["train_seq_len"] / GPUS, "eval"), ("lora_step", step_tokens, "train"))}
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
             scale = m * MULTI_GPU_OVERHEAD / GPUS
@@ -274,6 +297,12 @@ def estimate(cfg, measured=None):
                 parts["ttt_scoring_pass"] = parts["sliding_pass"]
                 parts["ttt_training"] = m * ttt_steps * measured["ttt_step_ms"] / 1e3 * MULTI_GPU_OVERHEAD / GPUS
             export_s = m * measured["export_s"]
+        step_s += logit_s["step"]
+        for k in ("standard_val_x2", "sliding_pass"):
+            parts[k] += logit_s[k]
+        if lora:
+            parts["lora_ttt"] += ttt_steps * logit_s["lora_step"]
+            step_s_lora += logit_s["lora_step"]
         calib_s = calibration_seconds(cfg, mfu, label) if cfg["gptq_calib_seqs"] > 0 else 0.0
         steps = train_steps(step_s, qat_ratio, cfg, rr)
         train_s = train_seconds(steps, step_s, qat_ratio, cfg, rr)
@@ -362,6 +391,8 @@ def main(argv=None):
     if args.log:
         parsed = parse_log(args.log)
         hparams, logged = parsed["hparams"], parsed["model_params"]
+        if parsed["vocab_size"]:  # the run's tokenizer (its hparams line may say 0: the tokenizer's)
+            hparams = dict(hparams, vocab_size=parsed["vocab_size"])
         if not hparams:
             print(f"warning: no hparams line in {args.log}; using env/defaults")
     cfg = load_config(hparams=hparams)
