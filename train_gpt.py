@@ -149,8 +149,8 @@ def load_tokenizer(h: Hyperparameters):
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
     if h.vocab_size not in (0, sp.vocab_size()):
         raise RunError(f"VOCAB_SIZE={h.vocab_size} but {h.tokenizer_path} has {sp.vocab_size()} pieces (unset VOCAB_SIZE to take the tokenizer's)")
-    if sp.bos_id() != 1:  # documents start with BOS = 1 (the TTT's document model)
-        raise RunError(f"{h.tokenizer_path} has BOS id {sp.bos_id()}, not 1 as the challenge's shards use")
+    if sp.bos_id() != 1 or sp.encode(" "):  # documents start with BOS = 1; the byte count needs spaces normalised
+        raise RunError(f"{h.tokenizer_path}: BOS id {sp.bos_id()} (need 1) or spaces kept as pieces (need them collapsed, as the challenge's tokenizers do)")
     h.vocab_size = sp.vocab_size()
     return sp
 

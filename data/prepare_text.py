@@ -13,15 +13,17 @@ Documents are read one at a time and encoded by --workers processes in order, so
 any number of workers. Each document becomes [BOS] + its tokens. The first --val-docs documents
 (default 50,000: the official split) are validation, the rest training; a training document whose text
 equals a validation document's is left out and counted, so no validation text reaches training. Shards
-are written into a hidden folder of --out and moved into place only when the whole input is done: a
-failed run leaves --out as it was. --out also gets prepare_text.json (what was done, with the counts).
+are written into a hidden folder of --out and moved into place only when the whole input is done (an
+older run's extra shards of a split are then removed: training would read them too); a failed or
+stopped (SIGTERM) run leaves --out's shards as they were. --out also gets prepare_text.json (what was
+done, with the counts).
 """
 import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,7 +35,7 @@ import numpy as np
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
 OFFICIAL_VAL_DOCS = 50_000  # the challenge's split: the first 50,000 documents of docs_selected.jsonl
-BATCH_BYTES = 1 << 20  # text per task sent to a worker
+MAX_DOC_BYTES = 1 << 26  # a plain-text "document" this large is a file without blank lines (or a JSONL file misnamed)
 
 
 def fail(msg: str):
@@ -67,13 +69,17 @@ def iter_documents(path):
                 if not obj["text"].strip():
                     fail(f"{path}:{lineno}: empty document")
                 yield f"{path}:{lineno}", obj["text"]
-            elif re.fullmatch(r"[ \t\r\f\v]*\n?", line):  # a blank line ends a plain-text document
+            elif not line.strip():  # a blank line ends a plain-text document
                 if block:
                     yield f"{path}:{start}", "".join(block).strip()
-                block = []
+                block, size = [], 0
             else:
-                start = lineno if not block else start
+                start, size = (lineno, 0) if not block else (start, size)
                 block.append(line.replace("\r\n", "\n"))
+                size += len(raw)
+                if size > MAX_DOC_BYTES:
+                    fail(f"{path}:{start}: a plain-text document of over {MAX_DOC_BYTES >> 20} MB (documents are separated "
+                         f"by blank lines; JSONL input must end in .jsonl)")
     if block:
         yield f"{path}:{start}", "".join(block).strip()
 
@@ -180,14 +186,15 @@ def doc_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def batches(docs, val_docs: int, stats: dict):
-    """(split, texts) batches of about BATCH_BYTES, never mixing the splits; training documents equal to a
-    validation document are left out (counted in stats)."""
+def batches(docs, val_docs: int, stats: dict, batch_bytes: int = 1 << 20):
+    """(split, texts) batches of about batch_bytes of text, never mixing the splits; training documents equal to
+    a validation document are left out (counted in stats, with the batches)."""
     seen, texts, size, split = set(), [], 0, "val"
     for i, (_, text) in enumerate(docs):
         now = "val" if i < val_docs else "train"
-        if now != split or size >= BATCH_BYTES:
+        if now != split or size >= batch_bytes:
             if texts:
+                stats["batches"] += 1
                 yield split, texts
             texts, size, split = [], 0, now
         if now == "val":
@@ -198,28 +205,35 @@ def batches(docs, val_docs: int, stats: dict):
         texts.append(text)
         size += len(text)
     if texts:
+        stats["batches"] += 1
         yield split, texts
 
 
 def encoded(tasks, tokenizer: str, workers: int):
-    """(split, tokens, docs) in input order; with workers > 1, at most 2 x workers batches in flight."""
+    """(split, tokens, docs) in input order; with workers > 1, at most 2 x workers batches in flight (a worker
+    that dies, e.g. out of memory, is an error: BrokenProcessPool, never a hang)."""
     if workers <= 1:
         worker_init(tokenizer)
         for split, texts in tasks:
             yield split, worker_encode(texts), len(texts)
         return
     import multiprocessing as mp
-    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(
-            workers, worker_init, (tokenizer,)) as pool:
+    from concurrent.futures import ProcessPoolExecutor
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, ctx, worker_init, (tokenizer,)) as pool:
         flight = deque()
-        for split, texts in tasks:
-            flight.append((split, pool.apply_async(worker_encode, (texts,)), len(texts)))
-            if len(flight) >= 2 * workers:
+        try:
+            for split, texts in tasks:
+                flight.append((split, pool.submit(worker_encode, texts), len(texts)))
+                if len(flight) >= 2 * workers:
+                    s, res, n = flight.popleft()
+                    yield s, res.result(), n
+            while flight:
                 s, res, n = flight.popleft()
-                yield s, res.get(), n
-        while flight:
-            s, res, n = flight.popleft()
-            yield s, res.get(), n
+                yield s, res.result(), n
+        finally:
+            for _, res, _ in flight:
+                res.cancel()
 
 
 def check_tokenizer(path: str, vocab_size: int | None):
@@ -238,6 +252,9 @@ def check_tokenizer(path: str, vocab_size: int | None):
     if sp.bos_id() != 1:
         fail(f"{path} has BOS id {sp.bos_id()}; the challenge's shards start each document with BOS = 1 "
              f"(data/train_tokenizer.py makes such a tokenizer)")
+    if sp.encode(" "):
+        fail(f"{path} keeps spaces as pieces (remove_extra_whitespaces off): train_gpt.py's byte count would "
+             f"miss some; the challenge's tokenizers collapse them")
     return sp
 
 
@@ -250,27 +267,33 @@ def main(argv=None):
     ap.add_argument("--val-docs", type=int, default=OFFICIAL_VAL_DOCS,
                     help=f"documents from the start used for validation (default {OFFICIAL_VAL_DOCS:,}: the official split)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100000000)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: every core)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ap.add_argument("--workers", type=int, default=cores, help=f"encoding processes (default: the cores this process may use, {cores})")
+    ap.add_argument("--batch-bytes", type=int, default=1 << 20, help="text per task sent to a worker (default 1 MiB)")
     ap.add_argument("--vocab-size", type=int, help="fail unless the tokenizer has this vocab size")
     args = ap.parse_args(argv)
     sp = check_tokenizer(args.tokenizer, args.vocab_size)
     if args.val_docs < 1:
         fail(f"zero validation documents (--val-docs {args.val_docs})")
-    if args.shard_tokens < 1 or args.workers < 1:
-        fail(f"--shard-tokens and --workers must be >= 1, got {args.shard_tokens} and {args.workers}")
+    if min(args.shard_tokens, args.workers, args.batch_bytes) < 1:
+        fail("--shard-tokens, --workers and --batch-bytes must be >= 1")
     for path in args.inputs:
         if not Path(path).is_file():
             fail(f"input file not found: {path}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(".prepare_text.*"):
+        print(f"prepare_text: warning: {old} is left from a run that was killed; delete it", file=sys.stderr)
     work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare_text."))
-    stats = dict(train_docs_equal_to_val=0)
+    signal.signal(signal.SIGTERM, lambda *_: fail("stopped by SIGTERM; --out's shards are as they were"))  # runs the cleanup
+    stats = dict(train_docs_equal_to_val=0, batches=0)
     writers = {s: ShardWriter(work, s, args.shard_tokens) for s in ("val", "train")}
     t0, last = time.time(), time.time()
     try:
         docs = (d for path in args.inputs for d in iter_documents(path))
-        for split, tokens, n in encoded(batches(docs, args.val_docs, stats), args.tokenizer, args.workers):
+        tasks = batches(docs, args.val_docs, stats, args.batch_bytes)
+        for split, tokens, n in encoded(tasks, args.tokenizer, args.workers):
             writers[split].add(tokens, n)
             if time.time() - last > 60:
                 last = time.time()
@@ -282,10 +305,13 @@ def main(argv=None):
         if writers["val"].docs < args.val_docs or not writers["train"].docs:
             fail(f"zero training documents: {total} documents in total, --val-docs {args.val_docs} "
                  f"(a small corpus passes its own --val-docs)")
-        for split in ("val", "train"):  # whole: moved into place
+        for split in ("val", "train"):  # whole: moved into place; an older run's extra shards would be read too
             for i, p in enumerate(paths[split]):
                 paths[split][i] = out / p.name
                 os.replace(p, paths[split][i])
+            for stale in sorted(set(out.glob(f"fineweb_{split}_*.bin")) - set(paths[split])):
+                stale.unlink()
+                print(f"prepare_text: removed {stale}, an older run's {split} shard", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     manifest = dict(inputs=[str(p) for p in args.inputs], tokenizer=str(args.tokenizer), vocab_size=sp.vocab_size(),
@@ -296,10 +322,6 @@ def main(argv=None):
     (out / "prepare_text.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for split in ("val", "train"):
         ps, w = paths[split], writers[split]
-        stale = sorted(set(out.glob(f"fineweb_{split}_*.bin")) - set(ps))
-        if stale:
-            print(f"prepare_text: warning: {len(stale)} older {split} shard(s) left in {out}, "
-                  f"e.g. {stale[0].name}; delete them before training", file=sys.stderr)
         shown = str(ps[0]) if len(ps) == 1 else f"{ps[0]} .. {ps[-1].name}"
         print(f"{split}: {w.docs} docs, {w.tokens} tokens, {len(ps)} shards -> {shown}")
     if stats["train_docs_equal_to_val"]:

@@ -228,7 +228,7 @@ print(tg.bpb(nll, tg.target_bytes(val, luts))[1])
 def test_gptq_calibration_reads_the_next_training_tokens(tg, tiny_data, monkeypatch):
     h = tg.Hyperparameters(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=2, mlp_hidden=64,
                            bigram_buckets=64, bigram_dim=8, ve_dim=8, train_seq_len=64,
-                           train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data), recur_layers="")
+                           train_batch_tokens=256, gptq_calib_seqs=4, data_path=str(tiny_data), recur_layers="", vocab_size=1024)
     rt = tg.Runtime(0, 1, torch.device("cpu"), 1, False, tg.Logger(None))
     trainer = tg.Trainer(h, rt, tg.GPT(h))
     trainer.batch(), trainer.batch()  # two training batches of 4 windows of 64 (+1) tokens

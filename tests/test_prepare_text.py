@@ -163,12 +163,13 @@ def test_workers_give_the_same_shards_as_one_process(tmp_path, synth_docs):
     outs = []
     for w in (1, 3):
         code, printed, err = cli(src, "--tokenizer", TOKENIZER, "--out", tmp_path / f"w{w}", "--val-docs", 40,
-                                 "--shard-tokens", 20_000, "--workers", w)
+                                 "--shard-tokens", 20_000, "--workers", w, "--batch-bytes", 4096)
         assert code == 0, err
         outs.append(shard_bytes(tmp_path / f"w{w}"))
     assert outs[0] == outs[1] and len(outs[0]) >= 4
     manifest = json.loads((tmp_path / "w3" / "prepare_text.json").read_text())
     assert (manifest["val_docs"], manifest["train_docs"], manifest["train_docs_equal_to_val"]) == (40, 560, 0)
+    assert manifest["batches"] > 10 * 2 * 3  # many more batches than the 2 x workers in flight: order is tested
 
 
 def test_memory_stays_bounded_as_the_input_grows(tmp_path, synth_docs):
@@ -222,7 +223,7 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, content, msg):
     out = tmp_path / "out"
     out.mkdir()
     (out / "fineweb_val_000000.bin").write_bytes(b"before")
-    code, _, err = cli(src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 30, "--workers", 2)
+    code, _, err = cli(src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 30, "--workers", 1)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(msg, err), err
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_val_000000.bin"]  # no shard, no hidden folder left
@@ -236,3 +237,49 @@ def test_a_tokenizer_without_bos_1_is_refused(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", ["one", "two"])
     with pytest.raises(SystemExit, match=r"nobos\.model has BOS id -1.*BOS = 1"):
         run([src, "--tokenizer", tmp_path / "nobos.model", "--out", tmp_path / "out", "--val-docs", 1])
+
+
+def test_an_older_runs_extra_shards_are_removed(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [f"document {i} of a few words" for i in range(40)])
+    out = tmp_path / "out"
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 20])
+    many = sorted(p.name for p in out.glob("fineweb_*.bin"))
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 1000])
+    assert len(many) > 4 and sorted(p.name for p in out.glob("fineweb_*.bin")) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin"]
+
+
+def test_sigterm_leaves_no_hidden_folder_and_no_shards(tmp_path, synth_docs):
+    import signal
+    import subprocess
+    import time
+    src = write_jsonl(tmp_path / "big.jsonl", synth_docs[0] * 60)  # ~34 MB: several seconds of encoding
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src), "--tokenizer", str(TOKENIZER),
+                          "--out", str(out), "--val-docs", "50", "--shard-tokens", "100000", "--workers", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(out.glob(".prepare_text.*/fineweb_train_*.bin")) and time.time() < deadline:
+        time.sleep(0.05)  # until the hidden folder holds training shards
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "stopped by SIGTERM" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []
+
+
+def test_plain_text_blank_lines_may_hold_any_whitespace_and_a_huge_block_is_refused(tmp_path, monkeypatch):
+    src = tmp_path / "a.txt"
+    src.write_text("one\n\u3000\u00a0\ntwo\n", encoding="utf-8")
+    assert pt.read_documents(src) == ["one", "two"]
+    monkeypatch.setattr(pt, "MAX_DOC_BYTES", 100)
+    src.write_text("a line of forty bytes, more or less....\n" * 4, encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"a\.txt:1: a plain-text document of over"):
+        pt.read_documents(src)
+
+
+def test_a_tokenizer_that_keeps_spaces_is_refused(tmp_path):
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["some words here", "more words there"] * 50),
+                                   model_prefix=str(tmp_path / "keep"), vocab_size=40, model_type="bpe",
+                                   add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2)
+    src = write_jsonl(tmp_path / "d.jsonl", ["one", "two"])
+    with pytest.raises(SystemExit, match=r"keep\.model keeps spaces as pieces"):
+        run([src, "--tokenizer", tmp_path / "keep.model", "--out", tmp_path / "out", "--val-docs", 1])

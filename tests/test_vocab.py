@@ -55,7 +55,7 @@ def data_4096(tmp_path_factory, synth_docs):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in val + train), encoding="utf-8")
     r = subprocess.run([sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src), "--tokenizer",
                         str(BENCH_TOKENIZERS[4096]), "--out", str(d), "--val-docs", str(len(val)),
-                        "--shard-tokens", "40000", "--workers", "2"], capture_output=True, text=True, timeout=300)
+                        "--shard-tokens", "40000", "--workers", "2", "--batch-bytes", "8192"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return d
 
@@ -85,3 +85,16 @@ print(h.vocab_size, tg.bpb(nll, tg.target_bytes(val, luts))[1])
     assert out.returncode == 0, out.stderr[-2000:]
     vocab, got = out.stdout.split()[-2:]
     assert vocab == "4096" and abs(float(got) - metric(log, "final_int5_zstd_roundtrip_exact")) < 1e-3  # eager vs compiled
+
+
+def test_a_tokenizer_that_keeps_spaces_is_refused_since_the_byte_count_would_miss_them(tg, tmp_path):
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["some words here", "more words there"] * 50),
+                                   model_prefix=str(tmp_path / "keep"), vocab_size=40, model_type="bpe",
+                                   add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "keep.model"))
+    ids = sp.encode(" words  here")
+    luts = tg.build_byte_luts(sp)
+    assert int(tg.target_bytes(torch.tensor([1] + ids), luts).sum()) < len(sp.decode(ids).encode())  # the rule's blind spot
+    with pytest.raises(tg.RunError, match="spaces kept as pieces"):
+        tg.load_tokenizer(tg.Hyperparameters(tokenizer_path=str(tmp_path / "keep.model")))

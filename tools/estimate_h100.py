@@ -280,16 +280,19 @@ def estimate(cfg, measured=None):
             ("sliding_pass", windows * cfg["train_seq_len"] / GPUS, "eval"), ("lora_step", step_tokens, "train"))}
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
+            at = dict(cfg, vocab_size=base)  # the check's head: the FLOPs of another vocabulary's scale its times
+            flop_train = train0 / flops_per_token(at)[1]
+            flop_fwd = fwd / flops_per_token(at, recur=cfg["recur_start_frac"] < 1)[0]
             scale = m * MULTI_GPU_OVERHEAD / GPUS
             rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
             plain_ms = measured.get("step_ms") or rec_ms / recur_ratio  # a check recurrent from step 0: plain by FLOPs
-            step_s = scale * plain_ms / 1e3 * cfg["train_batch_tokens"] / 786432
+            step_s = scale * plain_ms / 1e3 * cfg["train_batch_tokens"] / 786432 * flop_train
             qat_ratio = measured["qat_step_ms"] / (rec_ms or plain_ms)
             rr = max(1.0, rec_ms / plain_ms) if rec_ms else rr
-            flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"],
-                                        "sliding_pass": scale * val / measured["sliding_eval_tok_s"]}
+            flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"] * flop_fwd,
+                                        "sliding_pass": scale * val / measured["sliding_eval_tok_s"] * flop_fwd}
             if lora and measured.get("lora_step_ms"):  # one GPU's step: the GPUs run their steps side by side
-                step_s_lora = m * measured["lora_step_ms"] / 1e3
+                step_s_lora = m * measured["lora_step_ms"] / 1e3 * flop_train
                 parts["lora_ttt"], ttt_overhead = ttt_steps * step_s_lora, 0.0
             elif lora:  # a check from before LoRA TTT: its FLOP estimate
                 parts["lora_ttt"] = flop_parts["lora_ttt"]
