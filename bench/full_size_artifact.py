@@ -62,10 +62,17 @@ sizes = {int(lv): tg.pack_artifact(q, int(lv)) for lv in os.environ.get("ZSTD_LE
 blob = min(sizes.values(), key=len)
 sizes = {lv: len(b) for lv, b in sizes.items()}
 t_pack = time.perf_counter() - t0
+
+
+def order0_bits(a: np.ndarray) -> float:
+    """The order-0 entropy of one tensor's symbols, in bits (all of them)."""
+    c = np.bincount(a.ravel().astype(np.int64) - int(a.min()))
+    pn = c[c > 0] / a.size
+    return float(-(pn * np.log2(pn)).sum()) * a.size
+
+
 syms = np.concatenate([q[n][1].numpy().ravel() for n in names])
-counts = np.bincount(syms.astype(np.int64) - syms.min())
-p = counts[counts > 0] / syms.size
-entropy_bits = float(-(p * np.log2(p)).sum())
+entropy_bits = sum(order0_bits(q[n][1].numpy()) for n in names) / syms.size  # per tensor: levels may differ
 raw = sum(t[1].numel() * 4 for t in q.values() if t[0] == "raw")
 scales = sum(q[n][2].numel() * 2 for n in names)
 bound = syms.size * entropy_bits / 8 + scales + raw
@@ -73,7 +80,7 @@ print(f"calibration: {calib} x {seq} training tokens in {t_calib:.1f}s; GPTQ {t_
       f"packing at zstd levels {sorted(sizes)} {t_pack:.1f}s (CPU)")
 print("zstd levels: " + ", ".join(f"{lv}: {n:,}" for lv, n in sorted(sizes.items())))
 print(f"int5 weights: {syms.size:,}  zero fraction {float((syms == 0).mean()):.3f}")
-print(f"order-0 entropy: {entropy_bits:.3f} bits/weight; entropy bound {bound:,.0f} bytes "
+print(f"order-0 entropy (each tensor's own): {entropy_bits:.3f} bits/weight; entropy bound {bound:,.0f} bytes "
       f"(symbols + fp16 scales {scales:,} + fp32 vectors {raw:,})")
 print(f"bytes_model {len(blob):,} (no pruning)  bits per quantized weight {8 * (len(blob) - scales - raw) / syms.size:.3f}  "
       f"bytes_model / entropy_bound {len(blob) / bound:.4f}")
@@ -82,9 +89,7 @@ print(f"bytes_code {code:,}  bytes_total {code + len(blob):,}  cap {tg.BYTE_CAP:
       f" = {(tg.BYTE_CAP - code - len(blob)) / tg.BYTE_CAP:.2%})")
 for n in sorted(names):  # what a smaller table would give back: its symbols' entropy (+ scales)
     if "table" in n or "emb" in n:
-        c = np.bincount(q[n][1].numpy().ravel().astype(np.int64) - int(q[n][1].min()))
-        pn = c[c > 0] / c.sum()
-        print(f"  {n}: {tuple(q[n][1].shape)} ~{c.sum() * float(-(pn * np.log2(pn)).sum()) / 8 + 2 * q[n][1].size(0):,.0f} bytes")
+        print(f"  {n}: {tuple(q[n][1].shape)} ~{order0_bits(q[n][1].numpy()) / 8 + 2 * q[n][1].size(0):,.0f} bytes")
 cap = int(os.environ.get("TIGHT_CAP", tg.BYTE_CAP - 50_000))
 t0 = time.perf_counter()
 blob2, info = tg.export_within_cap(model.state_dict(), names, code, hs, cap)
