@@ -29,11 +29,10 @@ def row(label, path):
     rt, sl, tt = (log[k][1] if log[k] else float("nan") for k in ("roundtrip", "sliding", "ttt_final"))
     step, _, ms = log["train"][-1]
     ev = re.search(r"final_sliding_exact .* time:([\d.]+)s eval_time:([\d.]+)s", text)
-    ntok = re.search(r"^(?:vocab:\d+ )?val_tokens:(\d+)", text, re.M)
     ttt_s = re.findall(r"ttt_chunk \[\d+/\d+\] bpb=\S+ time=([\d.]+)s", text)
     total = re.search(r"^eval_time:([\d.]+)s", text, re.M)
     return (f"| {label} | {pre:.4f} | {rt:.4f} | {rt - pre:+.4f} | {sl:.4f} | {tt:.4f} | {sl - tt:+.4f} | "
-            f"{hp['train_batch_tokens'] * step / (ms / 1000):,.0f} | {int(ntok.group(1)) / float(ev.group(1)) if ntok and ev else float('nan'):,.0f} | "
+            f"{hp['train_batch_tokens'] * step / (ms / 1000):,.0f} | {log['val_tokens'] / float(ev.group(1)) if log['val_tokens'] and ev else float('nan'):,.0f} | "
             f"{float(ttt_s[-1]) - float(ev.group(2)) if ttt_s and ev else float('nan'):.0f} | "
             f"{float(total.group(1)) if total else float('nan'):.0f} | {log['artifact'].get('bytes_total', 0):,} |")
 

@@ -154,13 +154,15 @@ class ShardWriter:
     def add(self, tokens: np.ndarray, docs: int = 0) -> None:
         self.pending.append(tokens)
         self.held, self.tokens, self.docs = self.held + len(tokens), self.tokens + len(tokens), self.docs + docs
-        while self.held >= self.shard_tokens:
-            self.flush(self.shard_tokens)
+        if self.held >= self.shard_tokens:
+            self.flush(self.held // self.shard_tokens * self.shard_tokens)
 
     def flush(self, n: int) -> None:
+        """Writes the first n tokens held, as shards of shard_tokens (the last may be shorter)."""
         stream = np.concatenate(self.pending)
-        self.paths.append(self.out_dir / f"fineweb_{self.split}_{len(self.paths):06d}.bin")
-        write_shard(self.paths[-1], stream[:n])
+        for a in range(0, n, self.shard_tokens):
+            self.paths.append(self.out_dir / f"fineweb_{self.split}_{len(self.paths):06d}.bin")
+            write_shard(self.paths[-1], stream[a:min(n, a + self.shard_tokens)])
         self.pending, self.held = [stream[n:]], len(stream) - n
 
     def close(self) -> list[Path]:

@@ -386,3 +386,11 @@ def test_another_vocabulary_prices_its_validation_tokens_documents_and_logits():
     m = json.loads(open(os.path.join(ROOT, "bench", "results", "gpu_check_h200_2026-12-04", "gpu_check.json")).read())
     at1024, at8192 = (est.estimate(c8, dict(m, vocab_size=v))["scenarios"][1]["step_ms"] for v in (1024, 8192))
     assert at8192 < at1024  # a GPU check at 8192 timed those logits already: they are not charged twice
+
+
+def test_parse_log_reads_the_vocabulary_and_validation_tokens_of_new_and_older_logs(tmp_path):
+    (tmp_path / "new.log").write_text("vocab:8192 val_tokens:40540160 val_bytes:151080633\n")
+    (tmp_path / "old.log").write_text("val_tokens:62021632 val_bytes:151080633\n")
+    new, old = parse_log(tmp_path / "new.log"), parse_log(tmp_path / "old.log")
+    assert (new["vocab_size"], new["val_tokens"]) == (8192, 40540160)
+    assert (old["vocab_size"], old["val_tokens"]) == (None, 62021632)

@@ -21,7 +21,7 @@ _RE_TRAIN = re.compile(rf"^step:(\d+)/(\d+) train_loss:{_NUM} train_time:{_NUM}m
 _RE_VAL = re.compile(rf"^step:(\d+)/(\d+) val_loss:{_NUM} val_bpb:{_NUM}")
 _RE_TTT = re.compile(rf"^ttt_chunk \[(\d+)/(\d+)\] bpb={_NUM}")
 _RE_PARAMS = re.compile(r"^model_params:(\d+)")
-_RE_VOCAB = re.compile(r"^vocab:(\d+) val_tokens:(\d+)")
+_RE_VOCAB = re.compile(r"^(?:vocab:(\d+) )?val_tokens:(\d+)")  # older logs: no vocab
 _RE_KV_INT = re.compile(r"(\w+):(\d+)")
 _FINALS = {
     "prequant": "final_prequant_ema_exact",
@@ -51,7 +51,7 @@ def parse_log(path):
             elif m := _RE_TTT.match(line):
                 out["ttt"].append((int(m[1]), int(m[2]), float(m[3])))
             elif m := _RE_VOCAB.match(line):
-                out["vocab_size"], out["val_tokens"] = int(m[1]), int(m[2])
+                out["vocab_size"], out["val_tokens"] = m[1] and int(m[1]), int(m[2])
             elif m := _RE_PARAMS.match(line):
                 out["model_params"] = int(m[1])
             elif line.startswith("artifact "):
