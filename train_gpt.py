@@ -2,7 +2,7 @@
 late int5 QAT, int5 GPTQ + zstd artifact, sliding-window eval and score-first TTT.
 Run: torchrun --standalone --nproc_per_node=8 train_gpt.py   (or python3 train_gpt.py)
 Re-score an artifact without training: EVAL_ONLY=1 [ARTIFACT_PATH=...] torchrun ... train_gpt.py
-Hard rule: this file has at most 1,500 lines; every byte counts against the cap."""
+A record runs (and the cap counts) this file packed by tools/pack.py: lines cost nothing, so it is written to be read."""
 from __future__ import annotations
 
 import glob, hashlib, importlib, json, math, os, shutil, struct, sys, time, traceback, uuid
@@ -25,38 +25,87 @@ class SharedError(RunError):
     shared = True
 
 # ----------------------------------------------------------------------------- hyperparameters
-# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...);
-# related knobs share a line.
+# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...).
 
 @dataclass
 class Hyperparameters:
-    data_path: str = "./data/datasets/fineweb10B_sp1024"; tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    out_dir: str = "."; run_id: str = ""; seed: int = 1337; vocab_size: int = 0  # 0: the tokenizer's
-    iterations: int = 20000; warmup_steps: int = 20  # priming steps (the last half with QAT), undone; >= 2 per graph compiled
-    warmdown_iters: int = 0; warmdown_frac: float = 0.667  # LR decay over the last N steps (0: this fraction of the run)
-    max_wallclock_seconds: float = 600.0; max_eval_seconds: float = 600.0
-    train_batch_tokens: int = 786_432; train_seq_len: int = 2048
-    grad_accum_steps: int = 0; train_log_every: int = 100  # accumulation 0: 8 // world_size on CUDA, 1 on CPU
-    num_layers: int = 11; model_dim: int = 512; mlp_hidden: int = 1536; num_heads: int = 8; num_kv_heads: int = 4
-    bigram_buckets: int = 16384; bigram_dim: int = 128  # SPEC: 4096 buckets (README: spending the bytes)
-    ve_dim: int = 128; ve_layers: int = 2; xsa_last_n: int = -1  # value embeddings in the last 2 layers; XSA in the last N (-1: all)
-    parallel_from: int = 7; skip_gates: int = 1  # 2 lanes from the 1st decoder layer >= this (-1: one); gated skips
-    recur_layers: str = "4,5"; recur_start_frac: float = 0.5  # consecutive layers run twice (shared weights; U-Net over all passes) from this fraction of the (predicted) steps on
-    rope_dims: int = 16; rope_base: float = 10000.0; logit_softcap: float = 30.0; qk_gain_init: float = 5.0
-    matrix_lr: float = 0.025; embed_lr: float = 0.035; scalar_lr: float = 0.025
-    muon_momentum: float = 0.97; muon_momentum_warmup_start: float = 0.92; muon_momentum_warmup_steps: int = 1500
-    muon_backend_steps: int = 5; muon_row_norm: int = 1  # MuonEq-R: rows normalised before NS5
-    weight_decay: float = 0.09; grad_clip_norm: float = 0.3; ema_decay: float = 0.9965
-    qat_threshold: float = 0.15; embed_bits: int = 5  # late QAT once the LR multiplier falls below this; the tied embedding's bits
+    # data and run
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    out_dir: str = "."
+    run_id: str = ""
+    seed: int = 1337
+    vocab_size: int = 0  # 0: the tokenizer's
+    # schedule
+    iterations: int = 20000
+    warmup_steps: int = 20  # priming steps, spread over the training states; undone; >= 2 per state compiled
+    warmdown_iters: int = 0  # LR decay over the last N steps (0: WARMDOWN_FRAC of the run)
+    warmdown_frac: float = 0.667
+    max_wallclock_seconds: float = 600.0
+    max_eval_seconds: float = 600.0
+    train_batch_tokens: int = 786_432
+    train_seq_len: int = 2048
+    grad_accum_steps: int = 0  # 0: 8 // world_size on CUDA, 1 on CPU
+    train_log_every: int = 100
+    # model
+    num_layers: int = 11
+    model_dim: int = 512
+    mlp_hidden: int = 1536
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    bigram_buckets: int = 16384  # SPEC: 4096 buckets (README: spending the bytes)
+    bigram_dim: int = 128
+    ve_dim: int = 128
+    ve_layers: int = 2  # value embeddings in the last N layers
+    xsa_last_n: int = -1  # XSA in the last N layers (-1: all)
+    parallel_from: int = 7  # two lanes from the first decoder layer >= this (-1: one lane)
+    skip_gates: int = 1  # gated U-Net skips
+    recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; the U-Net over all passes)...
+    recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) steps on
+    rope_dims: int = 16
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 5.0
+    # optimizers
+    matrix_lr: float = 0.025
+    embed_lr: float = 0.035
+    scalar_lr: float = 0.025
+    muon_momentum: float = 0.97
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5
+    muon_row_norm: int = 1  # MuonEq-R: rows normalised before Newton-Schulz
+    weight_decay: float = 0.09
+    grad_clip_norm: float = 0.3
+    ema_decay: float = 0.9965
+    # quantization and artifact
+    qat_threshold: float = 0.15  # late QAT once the LR multiplier falls below this
+    embed_bits: int = 5  # the tied embedding's bits
     byte_cap: int = BYTE_CAP  # over it, the export coarsens steps where a byte costs the least loss
-    gptq_calib_seqs: int = 64; gptq_reserve_seconds: float = 2.0  # training sequences for the Hessians (0: RTN); seconds of the clock kept for them (at least 2x their primed time)
-    eval_stride: int = 64; eval_batch_seqs: int = 32; eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this margin
-    ttt_enabled: int = 1; ttt_epochs: int = 3; ttt_log_every: int = 1  # per-document LoRA TTT (0 epochs: scoring only)
-    ttt_lora_rank: int = 64; ttt_lora_lr: float = 2e-4; ttt_lora_wd: float = 0.5; ttt_lora_chunk: int = 128  # chunk: tokens
+    gptq_calib_seqs: int = 64  # training sequences for the Hessians (0: round to nearest)
+    gptq_reserve_seconds: float = 2.0  # seconds of the training clock kept for them (at least 2x their primed time)
+    # evaluation and TTT
+    eval_stride: int = 64
+    eval_batch_seqs: int = 32
+    eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this margin
+    ttt_enabled: int = 1  # per-document LoRA TTT
+    ttt_epochs: int = 3  # 0: scoring only
+    ttt_log_every: int = 1
+    ttt_lora_rank: int = 64
+    ttt_lora_lr: float = 2e-4
+    ttt_lora_wd: float = 0.5
+    ttt_lora_chunk: int = 128  # tokens
     ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W)
-    compile: int = -1; flash_attn: int = 1  # -1: compile on CUDA only; FlashAttention-3 on CUDA when importable (0: SDPA)
-    eval_only: int = 0; artifact_path: str = ""  # 1: no training; re-evaluate this artifact ("": OUT_DIR's)
-    name: str = ""; author: str = ""; github_id: str = ""  # submission.json
+    # machinery
+    compile: int = -1  # -1: torch.compile on CUDA only
+    compile_cache_dir: str = ""  # inductor's caches, kept across runs ("": OUT_DIR/compile_cache)
+    flash_attn: int = 1  # FlashAttention-3 on CUDA when importable (0: SDPA)
+    eval_only: int = 0  # 1: no training; re-evaluate ARTIFACT_PATH ("": OUT_DIR's artifact)
+    artifact_path: str = ""
+    # submission.json
+    name: str = ""
+    author: str = ""
+    github_id: str = ""
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Hyperparameters":
@@ -112,11 +161,16 @@ class TrainLoader:
             raise RunError(f"train shards {pattern} hold no window of TRAIN_SEQ_LEN={seq_len}+1 tokens")
         self.shard = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         self.start = np.concatenate([np.arange(c, dtype=np.int64) * seq_len for c in counts])
-        self.seq_len, self.seed, self.pos, self.epoch, self.order = seq_len, seed, 0, -1, None
+        self.seq_len = seq_len
+        self.seed = seed
+        self.pos = 0
+        self.epoch = -1
+        self.order = None
 
     def ids(self, n: int) -> np.ndarray:
         """The next n window indices of the stream."""
-        out, N = [], len(self.start)
+        out = []
+        N = len(self.start)
         while n > 0:
             e, i = divmod(self.pos, N)
             if e != self.epoch:
@@ -157,7 +211,9 @@ def load_tokenizer(h: Hyperparameters):
 def build_byte_luts(sp):
     """Per-token byte counts for val_bpb: (base_bytes, has_leading_space, is_boundary)."""
     vocab_size = sp.vocab_size()
-    base, space, boundary = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, bool), np.zeros(vocab_size, bool)
+    base = np.zeros(vocab_size, np.int64)
+    space = np.zeros(vocab_size, bool)
+    boundary = np.zeros(vocab_size, bool)
     for i in range(vocab_size):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
             boundary[i] = True
@@ -217,7 +273,8 @@ def gptq_int5(w: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, block: int 
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
     if not torch.isfinite(U).all():
         raise ValueError("non-finite inverse-Hessian factor")
-    s, Q = scale.float()[:, None], torch.zeros_like(W)
+    s = scale.float()[:, None]
+    Q = torch.zeros_like(W)
     for a in range(0, W.size(1), block):
         b = min(a + block, W.size(1))
         Wb, E = W[:, a:b].clone(), torch.zeros_like(W[:, a:b])
@@ -245,7 +302,8 @@ class QATMixin:
     """Late QAT: once `qat` is on (set_qat), the forward sees the weight rounded as exported (to +-qmax)."""
 
     def init_qat(self, qmax: int = 15) -> None:
-        self.qat, self.qmax = False, qmax
+        self.qat = False
+        self.qmax = qmax
 
     def qweight(self) -> torch.Tensor:
         return fake_quant(self.weight, self.qmax) if self.qat else self.weight
@@ -269,7 +327,10 @@ class QEmbedding(QATMixin, nn.Embedding):
     def __init__(self, num: int, dim: int, std: float, qmax: int = 15):
         super().__init__(num, dim)
         self.init_qat(qmax)
-        nn.init.normal_(self.weight, std=std) if std > 0 else nn.init.zeros_(self.weight)
+        if std > 0:
+            nn.init.normal_(self.weight, std=std)
+        else:
+            nn.init.zeros_(self.weight)
 
     def forward(self, ids):
         return F.embedding(ids, self.qweight())
@@ -331,7 +392,9 @@ def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, h: Hyperparameters, xsa: bool, use_ve: bool):
         super().__init__()
-        d, self.nh, self.nkv = h.model_dim, h.num_heads, h.num_kv_heads
+        d = h.model_dim
+        self.nh = h.num_heads
+        self.nkv = h.num_kv_heads
         self.hd = d // h.num_heads
         self.q = CastedLinear(d, d)
         self.k = CastedLinear(d, self.nkv * self.hd)
@@ -339,7 +402,8 @@ class Attention(nn.Module):
         self.proj = CastedLinear(d, d, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.nh,), h.qk_gain_init))
         self.ve_gain = nn.Parameter(torch.tensor(1.0)) if use_ve else None
-        self.xsa, self.allow_fa3 = xsa, bool(h.flash_attn)
+        self.xsa = xsa
+        self.allow_fa3 = bool(h.flash_attn)
 
     def forward(self, x, cos, sin, ve=None):
         B, T, _ = x.shape
@@ -450,7 +514,9 @@ class GPT(nn.Module):
         x0 = x
         ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
         plan = layer_plan(len(self.blocks), self.recur_layers if self.recur else ())
-        skips, lane, pf = [], None, self.h.parallel_from
+        skips = []
+        lane = None
+        pf = self.h.parallel_from
         for p, i in enumerate(plan):
             blk, j = self.blocks[i], p - len(plan) // 2  # j >= 0: decoder
             if j >= 0 and skips:  # LIFO; with recurrence the innermost pair (adjacent passes) has no slot
@@ -489,15 +555,19 @@ def all_reduce(t: torch.Tensor, world: int, op=None) -> torch.Tensor:
     return t
 
 def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
-    """Newton-Schulz quintic orthogonalisation of a batch of matrices (B,R,C), in bf16."""
+    """Newton-Schulz quintic orthogonalisation of a batch of matrices (B,R,C), in bf16. Eager: each iteration
+    is three batched matmuls whose scaled sums baddbmm fuses, which is what a compiled graph would run
+    (a graph per matrix shape would cost compile time and nothing else)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     tall = X.size(-2) > X.size(-1)
-    X = X.mT if tall else X
+    if tall:
+        X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A A
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
     return X.mT if tall else X
 
 def row_normalize(G: torch.Tensor) -> torch.Tensor:
@@ -510,13 +580,17 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1, row_norm=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_steps, self.rank, self.world, self.row_norm = ns_steps, rank, world, row_norm
-        self.ns = zeropower_ns5
+        self.ns_steps = ns_steps
+        self.rank = rank
+        self.world = world
+        self.row_norm = row_norm
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            ps, lr, mom = group["params"], group["lr"], group["momentum"]
+            ps = group["params"]
+            lr = group["lr"]
+            mom = group["momentum"]
             offs = np.cumsum([0] + [p.numel() for p in ps]).tolist()
             flat = torch.zeros(offs[-1], device=ps[0].device, dtype=torch.bfloat16)
             for shape in dict.fromkeys(tuple(p.shape) for p in ps):  # in order of first appearance: alike on every rank
@@ -529,7 +603,7 @@ class Muon(torch.optim.Optimizer):
                     buf.mul_(mom).add_(ps[i].grad)
                     g = ps[i].grad.add(buf, alpha=mom)
                     gs.append(row_normalize(g) if self.row_norm else g)
-                u = self.ns(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
+                u = zeropower_ns5(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
                 for k, i in enumerate(mine):
                     flat[offs[i]:offs[i + 1]] = u[k].flatten()
             all_reduce(flat, self.world)
@@ -611,7 +685,9 @@ def quantize_state(state: dict, qmax: dict, hessians: dict | None = None, log=pr
         if name not in qmax:
             out[name] = ("raw", t)
             continue
-        H, L, m = (hessians or {}).get(name), qmax[name], (steps or {}).get(name, 1.0)
+        H = (hessians or {}).get(name)
+        L = qmax[name]
+        m = (steps or {}).get(name, 1.0)
         why = None if H is None or torch.isfinite(H).all() else "non-finite Hessian"
         hd = torch.diag(H.cpu()) if H is not None and not why else None
         scale = (quantize_int5(t, hd, CLIP_FRACS if hd is None else GPTQ_CLIP_FRACS, L)[1].float() * m).half()
@@ -629,7 +705,8 @@ def quantize_state(state: dict, qmax: dict, hessians: dict | None = None, log=pr
 def pack_artifact(qstate: dict, level: int = ZSTD_LEVEL) -> bytes:
     """The container as one zstd frame."""
     import zstandard
-    arrays, qmax = [], {}
+    arrays = []
+    qmax = {}
     for name, entry in qstate.items():
         if entry[0] == "q":
             qmax[name] = entry[3]
@@ -655,7 +732,8 @@ def unpack_artifact(data: bytes) -> dict:
         (hlen,) = struct.unpack_from("<I", blob, len(ARTIFACT_MAGIC))
         start = len(ARTIFACT_MAGIC) + 4
         header = json.loads(blob[start:start + hlen])
-        off, arrays = start + hlen, {}
+        off = start + hlen
+        arrays = {}
         for name, dtype, shape in header["arrays"]:
             dt = np.dtype(dtype)
             if dt.str not in ("|u1", "<f2", "<f4"):
@@ -680,8 +758,10 @@ def collect_hessians(model: GPT, seqs: torch.Tensor, targets: torch.Tensor, batc
     """Per token, over the calibration sequences of all ranks: name -> X^T X of each quantized matrix's input
     (every CastedLinear's; the final-norm hidden state for the tied embedding), and name + ":g" -> the mean
     squared loss gradient of each output unit (a table: of each entry), for the export's allocation."""
-    hs, hooks = {}, []
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    hs = {}
+    hooks = []
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
 
     def add(name, x, ids=None, rows=0):
         with torch.autocast(x.device.type, enabled=False):  # fp32 sums, not bf16/TF32
@@ -736,7 +816,8 @@ def zero_cost(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor, weight: torch.T
 def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
     """(bits, loss) of each candidate for one tensor -- rounded to nearest at its row steps x each of RD_STEPS,
     then each share of RD_PRUNE of its +-1 symbols zeroed where that costs least -- as (candidates, 2)."""
-    w, out = w.float(), []
+    w = w.float()
+    out = []
     for m in RD_STEPS:
         s = (scale.float() * m).half().float().to(w.device)[:, None]
         q = torch.clamp(torch.round(w / s), -qmax, qmax)
@@ -756,7 +837,9 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
     for the least loss within an aim in predicted bytes (the candidates' entropy + the rest of the first pack), realised
     by packing (GPTQ at the chosen steps); the aim is bisected over <= 6 more packs towards 0-0.2% under the cap."""
     qstate = quantize_state(state, qmax, hessians, log)
-    blob, budget, names = pack_artifact(qstate), cap - code_bytes, sorted(qmax)
+    blob = pack_artifact(qstate)
+    budget = cap - code_bytes
+    names = sorted(qmax)
     info = dict(level=ZSTD_LEVEL, pruned=0, pruned_frac=0.0, packs=1, steps={})
     if len(blob) <= budget:
         return blob, info
@@ -765,8 +848,11 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
     weight = {n: torch.full_like(state[n].float(), float(typical)) if v is None else v for n, v in weight.items()}
     ladder = torch.stack([rd_ladder(state[n], weight[n], qstate[n][2], qmax[n]) for n in names])  # (T, K, 2)
     fixed = len(blob) - float(ladder[:, RD_STEPS.index(1.0) * len(RD_PRUNE), 0].sum()) / 8  # today's candidate: the rest
-    aim, fit_aim, over_aim = 0.999 * budget, 0.0, None
-    best, cache = None, {(n, 1.0): qstate[n] for n in names}
+    aim = 0.999 * budget
+    fit_aim = 0.0
+    over_aim = None
+    best = None
+    cache = {(n, 1.0): qstate[n] for n in names}
 
     for _ in range(6):
         lo, hi = -100.0, 30.0  # log2 of the multiplier lambda (loss per bit); each tensor picks its least loss + lambda x bits
@@ -775,7 +861,9 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
             pick = (ladder[..., 1] + 2.0 ** mid * ladder[..., 0]).argmin(1)
             lo, hi = (lo, mid) if fixed + float(ladder[..., 0].gather(1, pick[:, None]).sum()) / 8 <= aim else (mid, hi)
         pick = (ladder[..., 1] + 2.0 ** hi * ladder[..., 0]).argmin(1)
-        out, zeroed, steps = dict(qstate), {}, {n: RD_STEPS[int(k) // len(RD_PRUNE)] for n, k in zip(names, pick)}
+        out = dict(qstate)
+        zeroed = {}
+        steps = {n: RD_STEPS[int(k) // len(RD_PRUNE)] for n, k in zip(names, pick)}
         for n, k in zip(names, pick.tolist()):
             if (n, steps[n]) not in cache:
                 cache[n, steps[n]] = quantize_state({n: state[n]}, qmax, hessians, log, steps)[n]
@@ -783,7 +871,8 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
             cost, ones = zero_cost(q, scale.float()[:, None], state[n].float().cpu(), weight[n].cpu())
             zeroed[n] = ones[cost.argsort(stable=True)[:round(RD_PRUNE[k % len(RD_PRUNE)] * len(ones))]]
             out[n] = ("q", q.flatten().index_fill(0, zeroed[n], 0).view_as(q), scale, L)
-        blob, pruned = pack_artifact(out), sum(len(z) for z in zeroed.values())
+        blob = pack_artifact(out)
+        pruned = sum(len(z) for z in zeroed.values())
         info.update(packs=info["packs"] + 1, steps=steps, pruned=pruned, pruned_frac=pruned / sum(state[n].numel() for n in names))
         if len(blob) <= budget and (best is None or len(blob) > len(best[0])):
             best = blob, dict(info)
@@ -824,6 +913,25 @@ def recur_at_end(h: Hyperparameters) -> bool:
     """Whether the run switches its recurrence on (a run that stops early may not)."""
     return bool(parse_recur(h.recur_layers, h.num_layers)) and h.recur_start_frac < 1
 
+def qat_before_switch(h: Hyperparameters) -> bool:
+    """Whether QAT can start before the recurrence switches on: the LR multiplier falls below QAT_THRESHOLD
+    at 1 - threshold x (warmdown's share of the run), the switch comes at RECUR_START_FRAC of the run."""
+    if h.warmdown_iters > 0 and h.max_wallclock_seconds > 0:
+        return True  # the run's length, and so the warmdown's share of it, is known only while it runs
+    share = h.warmdown_iters / h.iterations if h.warmdown_iters > 0 else h.warmdown_frac
+    return 1 - h.qat_threshold * share < h.recur_start_frac  # a warmdown longer than the run starts below 1
+
+def training_phases(h: Hyperparameters) -> list[tuple[bool, bool]]:
+    """The (recurrent, QAT) states the training loop reaches under its schedule, each a compiled graph: plain,
+    recurrent once the recurrence switches on mid-run, and QAT in the state the run ends in (QAT without the
+    recurrence too where QAT can start first)."""
+    if not (parse_recur(h.recur_layers, h.num_layers) and 0 < h.recur_start_frac < 1):
+        r = recur_at_end(h)
+        return [(r, False), (r, True)]
+    if qat_before_switch(h):
+        return [(False, False), (False, True), (True, False), (True, True)]
+    return [(False, False), (True, False), (True, True)]
+
 # ----------------------------------------------------------------------------- evaluation & TTT
 # Target j is token j+1 predicted from tokens <= j. A window ending at e feeds tokens
 # [e-L, e) and scores targets [s, e); windows tile a target range so each is scored once.
@@ -831,7 +939,8 @@ def recur_at_end(h: Hyperparameters) -> bool:
 def window_plan(lo: int, hi: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
     """(end, score_from) windows scoring targets [lo, hi) exactly once, each with >= L-stride
     context (the first window of the stream scores all its targets)."""
-    plan, e = [], lo
+    plan = []
+    e = lo
     while e < hi:
         end = min(hi, max(e + stride, seq_len))
         plan.append((end, e))
@@ -864,7 +973,7 @@ def eval_sliding(model, tokens, seq_len, stride, batch_seqs, rank, world, device
         return score_windows(model, tokens, window_plan(0, n, seq_len, stride), seq_len, batch_seqs, 0, n, rank, world, device)
 
 def set_trainable(model: GPT, params: list | None) -> None:
-    """Only `params` get gradients (None: all). Adapting and scoring are separately primed graphs."""
+    """Only `params` get gradients (None: all)."""
     chosen = {id(p) for p in (model.parameters() if params is None else params)}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
@@ -895,7 +1004,9 @@ def lora_batches(spans, seq_len: int, docs: int, world: int) -> list[tuple[int, 
     def window(seg) -> int:  # the smallest shape holding the segment's last window (from its document's start)
         return next((w for w in lora_shapes(seq_len) if w >= seg[1] - seg[2]), seq_len)
 
-    order, out, i = sorted(segs, key=lambda s: (-window(s), s[0] - s[1])), [], 0
+    order = sorted(segs, key=lambda s: (-window(s), s[0] - s[1]))
+    out = []
+    i = 0
     while i < len(order):
         W = window(order[i])  # docs >= 1 and W <= L: R >= 1
         out.append((W, docs * seq_len // W, [s for s in order[i:i + docs * seq_len // W * world] if window(s) == W]))
@@ -908,41 +1019,59 @@ def lora_modules(model: GPT) -> list[nn.Module]:
 
 def lora_init(model: GPT, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per adapted matrix a fixed A (uniform, +-1/sqrt(in)) and a zero B: alike for every document."""
-    g, dev, h = torch.Generator().manual_seed(0), model.rope_cos.device, model.h
+    g = torch.Generator().manual_seed(0)
+    dev = model.rope_cos.device
+    h = model.h
     return [(((torch.rand(i, rank, generator=g) * 2 - 1) / i ** 0.5).to(dev), torch.zeros(rank, o, device=dev)) for i, o in
             [(m.in_features, m.out_features) for m in lora_modules(model)[:-1]] + [(h.model_dim, h.vocab_size)]]
+
+def mark_varying(tensors, dims: tuple[int, ...]) -> None:
+    """Marks the sizes LoRA TTT varies between batches (rows, window) as dynamic for torch.compile, so one graph
+    serves every batch shape; every other size stays static. A size of 1 is left alone (compiled apart)."""
+    for t in tensors:
+        for d in dims:
+            if t.size(d) > 1:
+                torch._dynamo.mark_dynamic(t, d)
 
 def attach_lora(model: GPT, init, rows: int) -> list[torch.Tensor]:
     """Fresh trainable adapters for `rows` documents, returned (init None: detached)."""
     mods = lora_modules(model)
     for m, ab in zip(mods, init or [None] * len(mods)):
         m.lora = None if ab is None else tuple(t.expand(rows, *t.shape).clone().requires_grad_() for t in ab)
-    return [t for m in mods for t in m.lora or ()]
+    params = [t for m in mods for t in m.lora or ()]
+    mark_varying(params, (0,))
+    return params
 
 def lora_batch(run_model, model: GPT, tokens, nll, spans, W: int, R: int, K: int, init, h: Hyperparameters,
                adapt) -> None:
     """Chunks 0..K-1 of R segments (padded with empty ones), a step each: each row's chunk scored in a window of
     its document's last W tokens, then, while adapt(k), one AdamW step on the chunks' loss (not a segment's last)."""
-    n, c, dev = nll.numel(), h.ttt_lora_chunk, tokens.device
+    n = nll.numel()
+    c = h.ttt_lora_chunk
+    dev = tokens.device
     lo, m, s0 = torch.tensor([[a, b - a, d] for a, b, d in spans] + [[0, 0, 0]] * (R - len(spans)), device=dev).T
     opt = torch.optim.AdamW(attach_lora(model, init, R), lr=h.ttt_lora_lr, betas=(0.0, 0.999), weight_decay=h.ttt_lora_wd)
     model.train()
     set_trainable(model, [])  # the adapters alone get gradients
     for k in range(K):
-        t0, t1 = lo + k * c, lo + torch.clamp(m, max=(k + 1) * c)  # this chunk's targets; empty once done
+        t0 = lo + k * c  # this chunk's targets [t0, t1); empty once done
+        t1 = lo + torch.clamp(m, max=(k + 1) * c)
         idx = torch.maximum(s0, t1 - W)[:, None] + torch.arange(W, device=dev)  # the window's target indices
         keep = (idx >= t0[:, None]) & (idx < t1[:, None])
         ids = idx.clamp(max=n - 1)
         adapting = k + 1 < K and adapt(k)  # K: the global batch's; a row without a later chunk weighs 0
+        inputs = tokens[ids]
+        targets = tokens[ids + 1]
+        mark_varying((inputs, targets), (0, 1))
         with torch.set_grad_enabled(adapting), torch.autocast(dev.type, dtype=torch.bfloat16):
-            out = run_model(tokens[ids], tokens[ids + 1], reduce=False).float()  # scoring only: no graph
+            out = run_model(inputs, targets, reduce=False).float()  # scoring only: no autograd graph
         nll.index_put_((ids.flatten(),), torch.where(keep, out.detach(), 0.0).flatten(), accumulate=True)
         if adapting:
             train = keep & ((k + 1) * c < m)[:, None]
             ((out * train).sum(1) / train.sum(1).clamp_min(1)).sum().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        del out  # this step's graph (if any) is freed before the next step runs
+        del out  # this step's autograd graph (if any) is freed before the next step runs
     attach_lora(model, None, 0)
     set_trainable(model, None)
 
@@ -952,12 +1081,18 @@ class LoraGuard:
 
     def __init__(self, steps_before: list[int], budget: float, clock, world: int, device, log, enabled: bool):
         self.steps_before = steps_before  # LoRA steps before each batch, and in all (the last)
-        self.budget, self.clock, self.log, self.world, self.device = budget, clock, log, world, device
+        self.budget = budget
+        self.clock = clock
+        self.log = log
+        self.world = world
+        self.device = device
         self.adapting = enabled  # False for good once the guard fires
-        self.adapted, self.t_start = 0, clock()  # steps that adapted; when TTT started
+        self.adapted = 0  # steps that adapted
+        self.t_start = clock()  # when TTT started
 
     def __call__(self, b: int, k: int) -> bool:  # called alike on every rank: whether step k of batch b adapts
-        done, total = self.steps_before[b] + k, self.steps_before[-1]
+        done = self.steps_before[b] + k
+        total = self.steps_before[-1]
         if self.adapting and k % 8 == 0 and done:
             sync(self.device)
             now = self.clock()
@@ -975,10 +1110,14 @@ def eval_lora(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, r
     """Per-document score-first LoRA TTT: each document scored alone (context from itself only), chunk by
     chunk, by adapters trained on its earlier chunks only, fresh per batch. The guard's inputs are reduced
     (max) across ranks at every 8th step of each batch: all stop alike. Returns per-target nll."""
-    n, c, budget = tokens.numel() - 1, h.ttt_lora_chunk, h.max_eval_seconds if budget is None else budget
-    tokens, batches = tokens.to(device), lora_batches(doc_spans(tokens, n), h.train_seq_len, h.ttt_lora_docs, world)
+    n = tokens.numel() - 1
+    c = h.ttt_lora_chunk
+    budget = h.max_eval_seconds if budget is None else budget
+    batches = lora_batches(doc_spans(tokens, n), h.train_seq_len, h.ttt_lora_docs, world)
+    tokens = tokens.to(device)
     before = np.cumsum([0] + [-(-(docs[0][1] - docs[0][0]) // c) for _, _, docs in batches]).tolist()  # steps
-    nll, init = torch.zeros(n, device=device), lora_init(model, h.ttt_lora_rank)
+    nll = torch.zeros(n, device=device)
+    init = lora_init(model, h.ttt_lora_rank)
     guard = LoraGuard(before, budget, clock, world, device, log, h.ttt_epochs > 0)
     for b, (W, R, docs) in enumerate(batches):
         lora_batch(run_model, model, tokens, nll, docs[rank::world], W, R, before[b + 1] - before[b], init, h,
@@ -1008,12 +1147,28 @@ def make_clock():
     """Seconds since this call."""
     return lambda t0=time.perf_counter(): time.perf_counter() - t0
 
+def packed_source_sha(code: bytes) -> str:
+    """The sha256 of the readable source that tools/pack.py names in a packed script's first line ("": not packed)."""
+    first = code.split(b"\n", 1)[0].decode("ascii", "replace")
+    marker = "packed by tools/pack.py (source sha256 "
+    return first.split(marker, 1)[1][:64] if marker in first else ""
+
 def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
+def compile_counts() -> tuple[int, int, int]:
+    """(graphs compiled, FX-graph cache hits, misses) so far: a warm COMPILE_CACHE_DIR hits, a cold one misses."""
+    c = torch._dynamo.utils.counters["inductor"]
+    return compiled_graphs(), c["fxgraph_cache_hit"], c["fxgraph_cache_miss"]
+
 @dataclass
 class Runtime:
-    rank: int; world: int; device: torch.device; accum: int; compile: bool; log: Logger
+    rank: int
+    world: int
+    device: torch.device
+    accum: int  # micro-batches per step
+    compile: bool
+    log: Logger
 
 def log_memory(rt: Runtime, phase: str) -> None:
     """On CUDA: the phase's peak memory since the last call (the largest rank's), then a fresh peak."""
@@ -1025,7 +1180,8 @@ def log_memory(rt: Runtime, phase: str) -> None:
 def shared_outcome(rt: Runtime, fn, rank0_only: bool = False):
     """fn() on every rank (or rank 0 only; its value is shared); an exception of any type on any
     rank becomes the same SharedError on every rank: no rank is left waiting in a collective."""
-    out, err = None, None
+    out = None
+    err = None
     if rt.rank == 0 or not rank0_only:
         try:
             out = fn()
@@ -1063,6 +1219,7 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
         (not L >= h.eval_stride > 0 or not 2 <= h.embed_bits <= 8, "need 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN, and 2 <= EMBED_BITS <= 8"),
         (min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, "need TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
+        (not 0 <= h.qat_threshold <= 1, f"need 0 <= QAT_THRESHOLD={h.qat_threshold:g} <= 1 (a fraction of the peak LR)"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (h.artifact_path and not h.eval_only, f"ARTIFACT_PATH={h.artifact_path!r} is read by EVAL_ONLY=1 alone (a training run writes OUT_DIR's artifact)"),
         (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1")]:
@@ -1078,6 +1235,20 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         raise RunError(f"OUT_DIR {h.out_dir} is not writable ({e})")
     if shutil.disk_usage(h.out_dir).free < 3 * h.byte_cap:
         raise RunError(f"OUT_DIR {h.out_dir} has {shutil.disk_usage(h.out_dir).free} bytes free, fewer than 3 x BYTE_CAP")
+
+def use_compile_cache(h: Hyperparameters) -> Path:
+    """Points inductor's on-disk caches (FX graphs, AOT-autograd graphs, kernels) at COMPILE_CACHE_DIR, so a
+    later run on this node (another seed, EVAL_ONLY=1) loads what this one compiled. An entry is keyed by a
+    hash of its graph, input shapes, torch version, compiler config and device: another configuration's or
+    an older script's entries are never used for a graph they do not match."""
+    default = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(h.out_dir) / "compile_cache"  # a user's own wins
+    cache = Path(h.compile_cache_dir or default).resolve()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"COMPILE_CACHE_DIR {cache} cannot be made ({e})")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    return cache
 
 def fullgraph_error(fn, *args) -> str | None:
     """None if fn(*args) compiles as one graph and runs forward and backward, else why not (one line)."""
@@ -1103,6 +1274,8 @@ def setup(h: Hyperparameters) -> Runtime:
     accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
     rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), Logger(None))
     shared_outcome(rt, lambda: preflight(h, world, accum))
+    if rt.compile:  # before anything compiles
+        shared_outcome(rt, lambda: use_compile_cache(h))
     log_name = f"{h.run_id}.reeval.txt" if h.eval_only else f"{h.run_id}.txt"  # never the training run's log
     rt.log = log = Logger(Path(h.out_dir) / "logs" / log_name if rank == 0 else None)
     log("hparams " + json.dumps(asdict(h)))
@@ -1134,13 +1307,17 @@ class Trainer:
     """The compiled training step, the priming of every graph, and the wall-clocked loop."""
 
     def __init__(self, h: Hyperparameters, rt: Runtime, model: GPT):
-        self.h, self.rt, self.model = h, rt, model
+        self.h = h
+        self.rt = rt
+        self.model = model
         self.params = list(model.parameters())
         self.optimizers = build_optimizers(model, h, rt.rank, rt.world, fused=rt.device.type == "cuda")
-        if rt.compile:  # with recurrence, up to 18 graphs of GPT.forward (+-recurrence x (2 QAT, eval, 3 LoRA shapes x 2))
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-            self.optimizers[0].ns = torch.compile(zeropower_ns5, dynamic=False)
+        if rt.compile:  # graphs of GPT.forward: <= 4 training states, scoring, LoRA TTT's 2 (+ what a short run adds)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+        # static shapes, but for the sizes LoRA TTT marks as varying (mark_varying): one graph for all its batches
         self.run_model = torch.compile(model, fullgraph=True, dynamic=False) if rt.compile else model
+        self.primed = set()  # ("train", recurrent, qat) and ("eval", recurrent): the states whose graphs priming ran
+        self.graphs_primed = 0  # graphs compiled when priming ended
         self.loader = TrainLoader(os.path.join(h.data_path, "fineweb_train_*.bin"), h.train_seq_len, h.seed)
 
     def batch(self):
@@ -1176,18 +1353,16 @@ class Trainer:
         return reduce_max(self.rt, 1000 * (time.perf_counter() - t0))[0]
 
     def prime(self, train: bool = True) -> tuple[float, float]:
-        """Runs every graph the run needs (training plain, with recurrence, with QAT; scoring; the TTT steps) on
-        training tokens, then undoes it: weights and optimizer state (train() rewinds the loader). train=False
-        (EVAL_ONLY): the evaluation graphs alone, as the loaded model runs. Returns the measured QAT / plain and
-        recurrent / plain step-time ratios. On CUDA each part's peak memory is logged."""
-        h, rt, model, recur_before = self.h, self.rt, self.model, self.model.recur
-        if not train:
-            recs = [model.recur]
-        elif model.recur_layers and 0 < h.recur_start_frac < 1:
-            recs = [False, True]
-        else:
-            recs = [recur_at_end(h)]
-        phases = [(r, q) for q in (False, True) for r in recs] if train else []  # (recurrent, QAT): every pair reachable
+        """Runs every graph the run will need on training tokens, then undoes it: weights and optimizer state
+        (train() rewinds the loader). Training: each (recurrent, QAT) state its schedule reaches
+        (training_phases); evaluation: scoring and the LoRA TTT steps in the state training ends in (EVAL_ONLY:
+        the artifact's). Returns the measured QAT / plain and recurrent / plain step-time ratios. On CUDA each
+        part's peak memory is logged."""
+        h, rt, model = self.h, self.rt, self.model
+        recur_before = model.recur
+        t_start = time.perf_counter()
+        before = compile_counts()  # the FlashAttention-3 probe's graph is not priming's
+        phases = training_phases(h) if train else []
         n = max(h.warmup_steps, 2 * len(phases) if rt.compile else 0) if train else 0
         if n == 0 and not rt.compile:
             return 1.0, 1.0
@@ -1197,37 +1372,56 @@ class Trainer:
         for i in range(n):
             recurrent, qat = phases[i * len(phases) // n]
             model.recur = recurrent
+            set_qat(model, qat)  # step() switches QAT on, never off
             t0 = time.perf_counter()
             self.step(*self.batch(), 1.0, 0, qat)
             times[recurrent, qat].append(self.elapsed_ms(t0))
         set_qat(model, False)
         if n:
             log_memory(rt, "priming: training steps")
+        sync(rt.device)
+        t_scoring = time.perf_counter()
         x, y = self.loader.batch(1, 0, 1)
         toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
         L = h.train_seq_len
-        for recurrent in recs:  # eval as trained (or, stopped before the switch, without it)
-            model.recur = recurrent
-            eval_sliding(self.run_model, toks, L, L, h.eval_batch_seqs, 0, 1, rt.device)
-            log_memory(rt, "priming: sliding eval" + " (recurrent)" * recurrent)
-            for W in lora_shapes(L) if h.ttt_enabled else ():  # per shape an adapting step (with a graph), then a scoring one
-                lora_batch(self.run_model, model, toks, torch.zeros(L, device=rt.device), [(0, W, 0)], W,
-                           h.ttt_lora_docs * L // W, 2, lora_init(model, h.ttt_lora_rank), h, lambda k: True)
-                log_memory(rt, f"priming: lora ttt window {W}, {h.ttt_lora_docs * L // W} rows" + " (recurrent)" * recurrent)
+        model.recur = recur_at_end(h) if train else recur_before
+        eval_sliding(self.run_model, toks, L, L, h.eval_batch_seqs, 0, 1, rt.device)
+        log_memory(rt, "priming: sliding eval")
+        sync(rt.device)
+        t_lora = time.perf_counter()
+        for W in lora_shapes(L) if h.ttt_enabled else ():  # an adapting step, then a scoring one: one graph each for every shape
+            rows = h.ttt_lora_docs * L // W
+            lora_batch(self.run_model, model, toks, torch.zeros(L, device=rt.device), [(0, W, 0)], W,
+                       rows, 2, lora_init(model, h.ttt_lora_rank), h, lambda k: True)
+            log_memory(rt, f"priming: lora ttt window {W}, {rows} rows")
+        self.primed = {("train", *ph) for ph in phases} | {("eval", model.recur)}
         model.recur = recur_before
         model.load_state_dict(snapshot[0])
         for opt, sd in zip(self.optimizers, snapshot[1]):
             opt.load_state_dict(sd)
+        sync(rt.device)
+        t_end = time.perf_counter()
+        parts = f"training {t_scoring - t_start:.1f}s, scoring {t_lora - t_scoring:.1f}s, lora ttt {t_end - t_lora:.1f}s"
+        self.graphs_primed = compiled_graphs()  # what compiles from here on is a recompile (the log counts them)
+        graphs, hits, misses = (now - then for now, then in zip(compile_counts(), before))
+        cache = f"compile cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}: {hits} hits, {misses} misses"
+        done = f"{graphs} graphs compiled in {t_end - t_start:.1f}s: {parts} ({cache if rt.compile else 'eager'})"
         if not train:
-            rt.log(f"priming: the evaluation graphs run and undone, {compiled_graphs()} graphs compiled")
+            rt.log(f"priming: the evaluation graphs run and undone, {done}")
             return 1.0, 1.0
         best = {ph: min(times[ph][1:] or [math.nan]) for ph in phases}
-        r = recs[-1]  # the QAT ratio of the end state; the recurrence ratio of plain steps
-        ratios = [best[r, True] / best[r, False], best[True, False] / best[False, False] if len(recs) > 1 else 1.0]
+        r = recur_at_end(h)  # the QAT ratio of the end state; the recurrence ratio of plain steps
+        switched = (False, False) in best and (True, False) in best
+        ratios = [best[r, True] / best[r, False], best[True, False] / best[False, False] if switched else 1.0]
         ratios = [1.0 if math.isnan(x) else max(1.0, x) for x in ratios]  # nan: a phase primed once, untimed
-        rt.log(f"priming: {n} steps run and undone, {compiled_graphs()} graphs compiled, "
-               f"qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}")
+        rt.log(f"priming: {n} steps run and undone, {done}, qat/plain step time {ratios[0]:.2f}, recurrent/plain {ratios[1]:.2f}")
         return ratios[0], ratios[1]
+
+    def unprimed(self, key: tuple, what: str) -> None:
+        """Logs, once, that a state priming did not run compiles now (a run that ended outside its schedule)."""
+        if self.rt.compile and key not in self.primed:
+            self.primed.add(key)
+            self.rt.log(f"compiling now: {what} (not primed: the run left its schedule)")
 
     def train(self, ratios: tuple[float, float]) -> tuple[int, float]:
         """The timed loop; leaves the EMA weights in the model; returns (steps, training ms)."""
@@ -1240,18 +1434,26 @@ class Trainer:
         if h.max_wallclock_seconds > 0:
             log(f"training clock: {h.max_wallclock_seconds - reserve:.1f}s, {reserve:.1f}s kept for GPTQ calibration (timed: {timed:.0f}ms)")
         wall_ms = 1000 * (h.max_wallclock_seconds - reserve)
-        stop_at, step, qat_from, qat_at_ms = h.iterations, 0, None, 0.0
-        recur_from, recur_at_ms, switch = None, 0.0, recur_at_end(h)
+        stop_at = h.iterations
+        step = 0
+        qat_from = None
+        qat_at_ms = 0.0
+        recur_from = None
+        recur_at_ms = 0.0
+        switch = recur_at_end(h)
         sync(rt.device)
         t0 = time.perf_counter()
         while step < stop_at:
             if switch and recur_from is None and step >= min(h.recur_start_frac * stop_at, stop_at - 1):
-                model.recur, recur_from, recur_at_ms = True, step, self.elapsed_ms(t0)
+                model.recur = True
+                recur_from = step
+                recur_at_ms = self.elapsed_ms(t0)
                 log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
             mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
             if qat_from is None and mult < h.qat_threshold:
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0)
                 log(f"qat: round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
+                self.unprimed(("train", model.recur, True), "the QAT step without the recurrence")
             loss = self.step(*self.batch(), mult, step, qat_from is not None)
             with torch.no_grad():
                 d = min(h.ema_decay, (1 + step) / (10 + step))
@@ -1270,7 +1472,8 @@ class Trainer:
                         qat_ms = (elapsed - c_ms) / (step - c)
                     else:
                         qat_ms = plain * qat_ratio
-                    pending, qat_steps = switch and recur_from is None, math.ceil(h.qat_threshold * warmdown_steps(h, stop_at))
+                    pending = switch and recur_from is None
+                    qat_steps = math.ceil(h.qat_threshold * warmdown_steps(h, stop_at))
                     stop_at = predict_stop(step, elapsed, plain, qat_ms, wall_ms,
                                            math.inf if qat_from is not None else qat_steps, h.iterations,
                                            h.recur_start_frac if pending else 1.0, recur_ratio)
@@ -1282,6 +1485,7 @@ class Trainer:
         set_qat(self.model, False)
         if model.recur != switch:
             log(f"WARNING: training stopped at step {step} before the recurrence switched on; it stays off (lower RECUR_START_FRAC)")
+            self.unprimed(("eval", model.recur), "the evaluation graphs without the recurrence")
         if model.recur_layers:
             model.recur_on.fill_(float(model.recur))
         ms = self.elapsed_ms(t0)
@@ -1321,7 +1525,8 @@ class Record:
     it changes; `status` says which score it is ("final", or provisional: TTT has not finished)."""
 
     def __init__(self, h: Hyperparameters, rt: Runtime):
-        self.h, self.rt = h, rt
+        self.h = h
+        self.rt = rt
         self.fields = {}  # the results so far
         self.violations = []  # broken rules: the run fails, the record says so
         self.device = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"  # read while CUDA is sound
@@ -1348,7 +1553,8 @@ class Record:
                    blurb=f"{h.num_layers}x{h.model_dim} U-Net GPT (vocab {h.vocab_size}), XSA, BigramHash, Muon, late QAT, int5 "
                          f"{quantizer}(embedding int{h.embed_bits}) + zstd, sliding eval stride {h.eval_stride}{ttt}; {rt.world}x {dev}",
                    date=time.strftime("%Y-%m-%d", time.gmtime()), status=status, **scores, bytes_total=f["bytes_code"] + f["bytes_model"],
-                   bytes_code=f["bytes_code"], bytes_model=f["bytes_model"], rule_violations=self.violations,
+                   bytes_code=f["bytes_code"], bytes_model=f["bytes_model"], code_sha256=f["code_sha256"],
+                   source_sha256=f["source_sha256"] or None, rule_violations=self.violations,
                    steps=f["steps"], train_time_s=f["train_time_s"], eval_time_s=round(f["eval_time_s"], 2),
                    gptq_calibration_s=f["gptq_calibration_s"], world_size=rt.world, device=dev, seed=h.seed,
                    **{k: f[k] for k in ("pruned_frac", "zstd_level", "gptq", "artifact_sha256", "reevaluated")}, run_id=h.run_id)
@@ -1435,13 +1641,16 @@ def main() -> None:
         return bpb(eval_sliding(run_model, val_tokens, L, L, h.eval_batch_seqs, rt.rank, rt.world, device), val_bytes)
 
     record = Record(h, rt)
-    code_bytes = len(Path(__file__).read_bytes())
+    code = Path(__file__).read_bytes()  # what counts: this file as it runs (the packed script, for a record)
+    code_bytes = len(code)
+    record.fields.update(code_sha256=hashlib.sha256(code).hexdigest(), source_sha256=packed_source_sha(code))
+    packed = f" (packed; source sha256 {record.fields['source_sha256']})" if record.fields["source_sha256"] else ""
+    log(f"code: {Path(__file__).name} {code_bytes} bytes, sha256 {record.fields['code_sha256']}{packed}")
     artifact = Path(h.artifact_path or Path(h.out_dir) / "final_model.int5.ptz")
     if h.eval_only:
         clock = artifact_to_reevaluate(h, rt, trainer, record, artifact, code_bytes)
     else:
         clock = train_and_export(h, rt, trainer, record, validate, artifact, code_bytes)
-    primed = compiled_graphs()
     budget = h.max_eval_seconds - h.eval_margin_seconds  # what the TTT guard aims at
     shared_outcome(rt, lambda: load_artifact_into(model, artifact))  # every rank evaluates the weights read back
     t_rt = clock()
@@ -1478,7 +1687,7 @@ def main() -> None:
     log(f"eval_time:{eval_s:.1f}s" + (f" train_time:{record.fields['train_time_s']:.1f}s" if not h.eval_only else ""))
     if eval_s > h.max_eval_seconds:
         record.violate(f"evaluation took {eval_s:.1f}s > MAX_EVAL_SECONDS={h.max_eval_seconds:g}")
-    log(f"recompiles after priming: {int(reduce_max(rt, compiled_graphs() - primed)[0])} (any rank)")
+    log(f"recompiles after priming: {int(reduce_max(rt, compiled_graphs() - trainer.graphs_primed)[0])} (any rank)")
     record.write("re-evaluated" if h.eval_only else "final", val_bpb=final_bpb, val_loss=final_loss, eval_time_s=eval_s)
     if record.violations:
         raise SharedError("; ".join(record.violations) + " (the record says so)")

@@ -2,7 +2,7 @@
 bench/ttt_sweep.py): each 32,768-token chunk of the validation stream is scored under inference_mode, then
 (except for the last) AdamW adapts the MLP matrices on it (lr 4e-4, cosine over chunks, TTT_EPOCHS epochs of
 8-sequence batches split over ranks in one fixed shape), with an eval-budget guard that stops adapting, never
-scoring. It was train_gpt.py's TTT_MODE=chunk until 2026-12-04; it left the counted script (its 1,500 lines)
+scoring. It was train_gpt.py's TTT_MODE=chunk until 2026-12-04; it left the counted script (then held to 1,500 lines)
 because LoRA TTT is the default and nothing but the benches used it.
 Its settings (TTT_LR, TTT_GRAD_CLIP, TTT_CHUNK_TOKENS, TTT_BATCH_SEQS) ride on top of train_gpt.py's
 hyperparameters: chunk_hparams(h)."""

@@ -10,8 +10,9 @@ the time limit ends the run early (`completed: false`; what was reached is kept)
   every LoRA TTT window, so these are the per-rank figures of an 8-GPU run, within the one-GPU Muon share);
 - eval tokens/s of the standard and the stride-64 sliding pass, ms per TTT step (LoRA or chunked), export seconds,
   and when each line of the log appeared (compile time per group of graphs).
-Recurrence from step 0 (RECUR_START_FRAC=0, GPU_CHECK_RECUR_FRAC to change it) halves the graphs to compile
-(the recurrent ones are the larger); the estimator derives the plain step from the recurrent one by FLOPs.
+The defaults' schedule in 20 steps: the recurrence switches on at step 10 (GPU_CHECK_RECUR_FRAC, default 0.5: plain,
+recurrent and recurrent + QAT steps, the graphs a full run primes), QAT from step 18; the priming line's graphs,
+seconds and compile-cache hits are read too (bench/gpu_check.sh runs the check cold, then warm).
 `python3 tools/estimate_h100.py --gpu-check OUT/gpu_check.json` uses these figures.
 
 Usage:  python3 bench/gpu_check.py [WORK_DIR] [--copy-to DIR] [--limit SECONDS]
@@ -29,7 +30,7 @@ from prepare_text import write_shard  # noqa: E402
 H100_BYTES = 80e9  # an H100 SXM's memory, decimal; the check's card may have more
 MARGIN_GIB = 72.0  # every phase must stay under this (10% under 80 GB)
 VAL_TOKENS = 1 << 19  # 512 K: the sliding pass and TTT in ~15 s on an H200
-SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="100", WARMUP_STEPS="4", TRAIN_LOG_EVERY="1",
+SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="20", WARMUP_STEPS="4", TRAIN_LOG_EVERY="1",
                 MAX_WALLCLOCK_SECONDS="0", MAX_EVAL_SECONDS="600", SEED="1", RUN_ID="gpu_check")
 # at the default BYTE_CAP: 20 steps leave near-init weights over the cap, so the export times the rate-distortion
 # allocation (its ladders on the GPU, GPTQ at the chosen steps and up to 7 packs on the CPU), as a full run needs it
@@ -85,6 +86,10 @@ def figures(log: str) -> dict:
         qat_step_ms=ms_per_step(qat_at, last),
         peak_memory=memory,
         recompiles_after_priming=num(r"recompiles after priming: (\d+)", int),
+        priming_graphs=num(r"^priming: .*?(\d+) graphs compiled", int),
+        priming_s=num(r"^priming: .* graphs compiled in ([\d.]+)s"),
+        compile_cache_hits=num(r"^priming: .*: (\d+) hits, \d+ misses", int),
+        compile_cache_misses=num(r"^priming: .*: \d+ hits, (\d+) misses", int),
         standard_eval_tok_s=val / rt_s if val and rt_s else None,
         sliding_eval_tok_s=val / sl_s if val and sl_s else None,
         ttt_step_ms=1000 * float(ttt.group(1)) / int(ttt.group(2)) if ttt and int(ttt.group(2)) else None,  # chunked TTT
@@ -135,6 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="one-GPU check of train_gpt.py at the full shape")
     ap.add_argument("work", nargs="?", default=str(ROOT / "bench" / "out" / "gpu_check"))
     ap.add_argument("--copy-to", help="copy the log, the stream and the JSON here (e.g. $OUT)")
+    ap.add_argument("--cache", help="COMPILE_CACHE_DIR (default WORK_DIR/compile_cache): a second run with the same one is warm")
     ap.add_argument("--limit", type=float, default=float(os.environ.get("GPU_CHECK_SECONDS", 540)),
                     help="seconds the run may take before it is stopped (figures reached so far are kept)")
     args = ap.parse_args()
@@ -144,10 +150,12 @@ def main() -> None:
     data = out / ("data" if VOCAB == 1024 else f"data_sp{VOCAB}")
     random_shards(data)
     env = dict(os.environ, **SCHEDULE, DATA_PATH=str(data), OUT_DIR=str(out), COMPILE="1",
-               RECUR_START_FRAC=os.environ.get("GPU_CHECK_RECUR_FRAC", "0"), TOKENIZER_PATH=str(TOKENIZER))
+               RECUR_START_FRAC=os.environ.get("GPU_CHECK_RECUR_FRAC", "0.5"), TOKENIZER_PATH=str(TOKENIZER),
+               COMPILE_CACHE_DIR=str(Path(args.cache).resolve() if args.cache else out / "compile_cache"))
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "logs" / "gpu_check.txt").unlink(missing_ok=True)
-    code, wall = run([sys.executable, str(ROOT / "train_gpt.py")], env, ROOT, out / "gpu_check.stream.txt", args.limit)
+    script = os.environ.get("GPU_CHECK_SCRIPT", str(ROOT / "train_gpt.py"))  # gpu_check.sh: the packed one, as records run
+    code, wall = run([sys.executable, script], env, ROOT, out / "gpu_check.stream.txt", args.limit)
     log_path = out / "logs" / "gpu_check.txt"
     fig = dict(completed=code == 0, exit_code=code, limit_s=args.limit, wall_s=wall,
                **figures(log_path.read_text() if log_path.is_file() else ""))

@@ -2,6 +2,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,19 @@ def tiny_data(tmp_path_factory, synth_docs):
     return d
 
 
-def run_script(out_dir, data_dir, nproc=1, timeout=900, **env_over):
+# Compiled runs share one compile cache across tests and sessions (as torch's default cache would): its
+# entries are keyed by graph, shapes, torch version and config, so another test's entries never change a
+# result (test_distributed.py checks that). A test that needs a cold cache names its own.
+SHARED_COMPILE_CACHE = Path(tempfile.gettempdir()) / "parameter_golf_test_compile_cache"
+
+
+def run_script(out_dir, data_dir, nproc=1, timeout=900, script=ROOT / "train_gpt.py", **env_over):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(TINY, DATA_PATH=str(data_dir), TOKENIZER_PATH=str(TOKENIZER), OUT_DIR=str(out_dir),
-               RUN_ID="t", OMP_NUM_THREADS="1")
+               RUN_ID="t", OMP_NUM_THREADS="1", COMPILE_CACHE_DIR=str(SHARED_COMPILE_CACHE))
     env.update({k: str(v) for k, v in env_over.items()})
-    cmd = [sys.executable, str(ROOT / "train_gpt.py")] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train_gpt.py")]
+    cmd = [sys.executable, str(script)] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=out_dir)
 
 

@@ -33,11 +33,12 @@ def train_losses(log):
     return [float(x) for x in re.findall(r"train_loss:(\S+)", log)]
 
 
-def assert_compiled_run_is_whole(log, primed=4):
+def assert_compiled_run_is_whole(log, primed=4, graphs=5):
     """Every LoRA step that may adapt did (all but each batch's last), TTT beat the plain eval, nothing
-    compiled after priming."""
+    compiled after priming. Graphs: one per training state primed, sliding scoring, and LoRA TTT's two
+    (adapting, scoring) for every window shape."""
     assert "compile:True" in log
-    assert re.search(rf"priming: {primed} steps run and undone, \d+ graphs compiled", log)
+    assert re.search(rf"priming: {primed} steps run and undone, {graphs} graphs compiled in [\d.]+s: training [\d.]+s, scoring [\d.]+s, lora ttt [\d.]+s \(compile cache ", log)
     assert "stopped adapting" not in log
     batches, steps, adapted = map(int, re.search(r"ttt lora: (\d+) batches, (\d+) steps, (\d+) adapting", log).groups())
     assert batches >= 3 and adapted == steps - batches
@@ -95,8 +96,9 @@ def graphs(log):
 
 def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(recurrent, compiled, tmp_path, tiny_data):
     log = recurrent[1]
-    assert_compiled_run_is_whole(log, primed=8)  # (recurrence, QAT): 4 graphs x 2 steps
+    assert_compiled_run_is_whole(log, primed=6, graphs=6)  # plain, recurrent, recurrent + QAT: 2 steps each
     assert "recurrence: layers (1, 2) run twice from step 15" in log and "on at step 26" in log
+    assert "compiling now" not in log
     assert graphs(log) > graphs(compiled[1])
     eager = run_ok(tmp_path, tiny_data, **RECUR)  # the compiled graphs follow the model's recurrence flag
     assert max(abs(a - b) for a, b in zip(train_losses(log), train_losses(eager))) < 0.02
@@ -107,7 +109,7 @@ def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(rec
 def test_qat_before_the_recurrence_switch_is_primed_too(tmp_path, tiny_data):
     log = run_ok(tmp_path, tiny_data, COMPILE=1, **{**RECUR, "RECUR_START_FRAC": "0.95"})
     assert "on at step 26" in log and "recurrence: layers (1, 2) run twice from step 29" in log
-    assert_compiled_run_is_whole(log, primed=8)
+    assert_compiled_run_is_whole(log, primed=8, graphs=7)  # QAT can start first: the 4th training state
 
 
 def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
@@ -259,6 +261,7 @@ def test_compiled_eval_only_primes_its_graphs_and_reproduces_the_compiled_run(tm
     art = tmp_path / "a.ptz"
     art.write_bytes((out / "final_model.int5.ptz").read_bytes())
     again = eval_only(tmp_path, tiny_data, ARTIFACT_PATH=art, COMPILE=1)
-    assert "priming: the evaluation graphs run and undone" in again and "recompiles after priming: 0" in again
+    assert "priming: the evaluation graphs run and undone, 3 graphs compiled" in again and "recompiles after priming: 0" in again
     for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
         assert metric(again, key) == pytest.approx(metric(log, key), abs=1e-6), key  # compiled kernels: near-exact
+

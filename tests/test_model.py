@@ -228,9 +228,56 @@ def test_the_fullgraph_check_tells_a_traceable_kernel_from_one_that_is_not(tg):
     assert tg.fullgraph_error(NoBackward.apply, torch.randn(4, requires_grad=True)) is not None  # training would fail
 
 
-def test_the_script_stays_within_1500_lines():
+def test_no_two_statements_share_a_line_of_the_script():
+    """Lines cost nothing once the script is packed: one statement per line, no `a; b`, no `if x: y`."""
+    import ast
+    from collections import Counter
     from conftest import ROOT
-    assert len((ROOT / "train_gpt.py").read_text().splitlines()) <= 1500
+    tree = ast.parse((ROOT / "train_gpt.py").read_text())
+    starts = Counter(n.lineno for n in ast.walk(tree) if isinstance(n, ast.stmt))
+    shared = sorted(line for line, k in starts.items() if k > 1)
+    assert not shared, f"lines holding more than one statement: {shared[:20]}"
+
+
+@pytest.mark.parametrize("env,phases", [
+    ({}, [(False, False), (True, False), (True, True)]),  # the defaults: QAT comes after the switch
+    ({"RECUR_START_FRAC": "0.95"}, [(False, False), (False, True), (True, False), (True, True)]),
+    ({"RECUR_START_FRAC": "0"}, [(True, False), (True, True)]),  # recurrent from step 0
+    ({"RECUR_LAYERS": ""}, [(False, False), (False, True)]),
+    ({"WARMDOWN_ITERS": "3000", "ITERATIONS": "20000", "MAX_WALLCLOCK_SECONDS": "0"},
+     [(False, False), (True, False), (True, True)]),
+    ({"WARMDOWN_ITERS": "3000"}, [(False, False), (False, True), (True, False), (True, True)]),  # length unknown
+    ({"WARMDOWN_ITERS": "100", "ITERATIONS": "20", "MAX_WALLCLOCK_SECONDS": "0"},  # QAT from step 6 of 20
+     [(False, False), (False, True), (True, False), (True, True)]),
+])
+def test_priming_compiles_the_training_states_the_schedule_reaches(tg, env, phases):
+    assert tg.training_phases(tg.Hyperparameters.from_env(env)) == phases
+
+
+def states_reached(tg, h):
+    """The (recurrent, QAT) states of every step of a run of h.iterations steps, by Trainer.train's own rules."""
+    stop = h.iterations
+    warmdown = tg.warmdown_steps(h, stop)
+    recur = qat = False
+    states = set()
+    for step in range(stop):
+        if tg.recur_at_end(h) and not recur and step >= min(h.recur_start_frac * stop, stop - 1):
+            recur = True
+        if not qat and tg.lr_multiplier(step, stop, warmdown) < h.qat_threshold:
+            qat = True
+        states.add((recur, qat))
+    return states
+
+
+def test_every_state_a_fixed_length_run_reaches_is_primed(tg):
+    import itertools
+    grid = itertools.product([20, 100], [0, 5, 50, 150], [0.3, 0.667, 1.0], [0.0, 0.15, 0.5, 1.0],
+                             [0.0, 0.3, 0.5, 0.95, 1.0], ["", "4,5"])
+    for iters, wd_iters, wd_frac, thr, frac, layers in grid:
+        h = tg.Hyperparameters.from_env(dict(ITERATIONS=str(iters), WARMDOWN_ITERS=str(wd_iters), WARMDOWN_FRAC=str(wd_frac),
+                                             QAT_THRESHOLD=str(thr), RECUR_START_FRAC=str(frac), RECUR_LAYERS=layers,
+                                             MAX_WALLCLOCK_SECONDS="0"))
+        assert states_reached(tg, h) <= set(tg.training_phases(h)), (iters, wd_iters, wd_frac, thr, frac, layers)
 
 
 def test_muon_update_is_orthogonal_and_shape_scaled(tg):

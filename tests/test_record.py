@@ -1,4 +1,5 @@
 """The committed train.log / submission.json come from a run of the committed train_gpt.py."""
+import hashlib
 import json
 import re
 import subprocess
@@ -12,9 +13,14 @@ LOG, SUB = ROOT / "train.log", ROOT / "submission.json"
 pytestmark = pytest.mark.skipif(not LOG.exists(), reason="no train.log committed yet")
 
 
-def test_train_log_was_written_by_the_current_script():
-    logged = int(re.findall(r"bytes_code:(\d+)", LOG.read_text())[-1])
-    assert logged == len((ROOT / "train_gpt.py").read_bytes()), "regenerate with bash bench/make_record.sh"
+def test_train_log_was_written_by_the_current_script_packed():
+    """The record ran train_gpt.py as a record runs it, packed by tools/pack.py: the log names the packed file's
+    bytes and hash and the readable source's hash, which must be this train_gpt.py's."""
+    log, sub = LOG.read_text(), json.loads(SUB.read_text())
+    size, sha, source = re.search(r"^code: \S+ (\d+) bytes, sha256 (\w+) \(packed; source sha256 (\w+)\)$", log, re.M).groups()
+    assert source == sub["source_sha256"] == hashlib.sha256((ROOT / "train_gpt.py").read_bytes()).hexdigest(), \
+        "regenerate with bash bench/make_record.sh"
+    assert (int(size), sha) == (sub["bytes_code"], sub["code_sha256"]) and sub["bytes_code"] <= 40_000
 
 
 def test_submission_numbers_are_the_logs():
