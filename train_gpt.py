@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob, hashlib, importlib, json, math, os, shutil, struct, sys, time, traceback, uuid
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,15 @@ class SharedError(RunError):
     shared = True
 
 # ----------------------------------------------------------------------------- hyperparameters
-# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...).
+# Every knob is an environment variable named like the field, upper-cased (DATA_PATH, ...). The defaults
+# are the 8xH100 configuration on the frontier's data: SentencePiece 8192 on CaseOps text (README).
 
 @dataclass
 class Hyperparameters:
+    explicit: ClassVar[frozenset] = frozenset()  # the fields from_env read from the environment
     # data and run
-    data_path: str = "./data/datasets/fineweb10B_sp1024"
-    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    data_path: str = "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    tokenizer_path: str = "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
     out_dir: str = "."
     run_id: str = ""
     seed: int = 1337
@@ -53,10 +56,10 @@ class Hyperparameters:
     mlp_hidden: int = 1536
     num_heads: int = 8
     num_kv_heads: int = 4
-    bigram_buckets: int = 16384  # SPEC: 4096 buckets (README: spending the bytes)
+    bigram_buckets: int = 16384  # by the vocabulary unless set (VOCAB_SETTINGS): these four are sp1024's
     bigram_dim: int = 128
     ve_dim: int = 128
-    ve_layers: int = 2  # value embeddings in the last N layers
+    ve_layers: int = 2  # value embeddings in the last N layers (by the vocabulary)
     xsa_last_n: int = -1  # XSA in the last N layers (-1: all)
     parallel_from: int = 7  # two lanes from the first decoder layer >= this (-1: one lane)
     skip_gates: int = 1  # gated U-Net skips
@@ -80,7 +83,7 @@ class Hyperparameters:
     ema_decay: float = 0.9965
     # quantization and artifact
     qat_threshold: float = 0.15  # late QAT once the LR multiplier falls below this
-    embed_bits: int = 5  # the tied embedding's bits
+    embed_bits: int = 5  # the tied embedding's bits (by the vocabulary)
     byte_cap: int = BYTE_CAP  # over it, the export coarsens steps where a byte costs the least loss
     gptq_calib_seqs: int = 64  # training sequences for the Hessians (0: round to nearest)
     gptq_reserve_seconds: float = 2.0  # seconds of the training clock kept for them (at least 2x their primed time)
@@ -95,7 +98,7 @@ class Hyperparameters:
     ttt_lora_lr: float = 2e-4
     ttt_lora_wd: float = 0.5
     ttt_lora_chunk: int = 128  # tokens
-    ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W)
+    ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W; by the vocabulary)
     # machinery
     compile: int = -1  # -1: torch.compile on CUDA only
     compile_cache_dir: str = ""  # inductor's caches, kept across runs ("": OUT_DIR/compile_cache)
@@ -117,14 +120,46 @@ class Hyperparameters:
                     kw[f.name] = type(f.default)(v)
                 except ValueError:
                     raise RunError(f"{f.name.upper()}={v!r} is not a valid {type(f.default).__name__}")
-        return cls(**kw)
+        h = cls(**kw)
+        h.explicit = frozenset(kw)
+        return h
+
+# Settings that follow the vocabulary unless their variable is set. A larger vocabulary's pieces hold much of
+# what the bigram table and the value embeddings learn at sp1024, its embedding is where precision pays, and
+# its LoRA head's logits take memory (docs/design.md, "Other vocabularies"). A tokenizer takes the row of
+# the largest vocabulary not above its own (the first row below 1024); the first row is the defaults above.
+VOCAB_SETTINGS = (
+    (1024, dict(embed_bits=5, bigram_buckets=16384, ve_layers=2, ttt_lora_docs=64)),
+    (4096, dict(embed_bits=7, bigram_buckets=4096, ve_layers=2, ttt_lora_docs=48)),
+    (8192, dict(embed_bits=7, bigram_buckets=4096, ve_layers=0, ttt_lora_docs=48)),
+)
+
+def vocab_settings(vocab_size: int) -> dict:
+    chosen = VOCAB_SETTINGS[0][1]
+    for size, settings in VOCAB_SETTINGS:
+        if vocab_size >= size:
+            chosen = settings
+    return chosen
+
+def apply_vocab_settings(h: Hyperparameters) -> str:
+    """Gives h its vocabulary's settings where the environment did not set them; returns them as a log line."""
+    shown = []
+    for name, value in vocab_settings(h.vocab_size).items():
+        if name in h.explicit:
+            shown.append(f"{name.upper()}={getattr(h, name)} (set)")
+        else:
+            setattr(h, name, value)
+            shown.append(f"{name.upper()}={value}")
+    return f"vocab settings ({h.vocab_size} pieces): " + " ".join(shown)
 
 # ----------------------------------------------------------------------------- data & metric
 # Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Training reads windows at
 # random positions of all shards (diverse batches: PR #726 -> #1060 of the challenge's lineage).
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
-DATA_HINT = "(get FineWeb sp1024 with: python3 data/cached_challenge_fineweb.py --variant sp1024, from openai/parameter-golf)"
+VAL_PATTERN = "fineweb_val_[0-9]*.bin"  # validation tokens (fineweb_val_NNNNNN.bin)
+SIDECAR_PATTERN = "fineweb_val_bytes_[0-9]*.bin"  # each validation token's original UTF-8 bytes (CaseOps data)
+DATA_HINT = "(get the SP8192 CaseOps data with: python3 data/get_caseops.py; other routes: README)"
 
 def shard_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
@@ -194,6 +229,29 @@ def load_validation(pattern: str, seq_len: int) -> torch.Tensor:
     if usable <= 0:
         raise RunError(f"validation split {pattern} has {len(tokens)} tokens, fewer than one sequence of {seq_len}+1")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int64))
+
+def load_sidecar(data_path: str, n: int) -> tuple[torch.Tensor, int] | None:
+    """The first n values of the byte sidecar (fineweb_val_bytes_NNNNNN.bin beside each fineweb_val_NNNNNN.bin:
+    each validation token's original UTF-8 bytes, BOS and CaseOps markers 0) and its shard count; None if
+    DATA_PATH has none. A sidecar that does not match the validation shards, shard by shard, is an error."""
+    sidecars = sorted(glob.glob(os.path.join(data_path, SIDECAR_PATTERN)))
+    if not sidecars:
+        return None
+    vals = shard_files(os.path.join(data_path, VAL_PATTERN))
+    names = [os.path.basename(f).replace("fineweb_val_", "fineweb_val_bytes_") for f in vals]
+    if [os.path.basename(f) for f in sidecars] != names:
+        raise RunError(f"byte sidecar in {data_path} does not match the validation shards: "
+                       f"{len(sidecars)} fineweb_val_bytes_*.bin for {len(vals)} fineweb_val_*.bin, or other numbers")
+    parts = []
+    for val, side in zip(vals, sidecars):
+        if check_shard(side) != check_shard(val):
+            raise RunError(f"byte sidecar {side} holds {check_shard(side)} values for the {check_shard(val)} tokens of {val}")
+        parts.append(load_shard(side))
+    return torch.from_numpy(np.concatenate(parts)[:n].astype(np.int64)), len(sidecars)
+
+def is_caseops(sp) -> bool:
+    """Whether the tokenizer reserves the CaseOps markers U+E001..U+E004 (ids 4..7, data/caseops.py)."""
+    return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(c) for c in range(0xE001, 0xE005)]
 
 def load_tokenizer(h: Hyperparameters):
     """The SentencePiece model; sets h.vocab_size to its size (a VOCAB_SIZE given that differs is an error)."""
@@ -1274,11 +1332,14 @@ def setup(h: Hyperparameters) -> Runtime:
     accum = h.grad_accum_steps or (8 // world if cuda and 8 % world == 0 else 1)
     rt = Runtime(rank, world, device, accum, h.compile == 1 or (h.compile < 0 and cuda), Logger(None))
     shared_outcome(rt, lambda: preflight(h, world, accum))
+    shared_outcome(rt, lambda: load_tokenizer(h))  # sets VOCAB_SIZE, and with it the settings that follow it
+    vocab_line = apply_vocab_settings(h)
     if rt.compile:  # before anything compiles
         shared_outcome(rt, lambda: use_compile_cache(h))
     log_name = f"{h.run_id}.reeval.txt" if h.eval_only else f"{h.run_id}.txt"  # never the training run's log
     rt.log = log = Logger(Path(h.out_dir) / "logs" / log_name if rank == 0 else None)
     log("hparams " + json.dumps(asdict(h)))
+    log(vocab_line)
     if rt.compile and attention_kernel(device, bool(h.flash_attn)) == "flash_attn_3":
         q = torch.zeros(1, 128, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
         why = fullgraph_error(lambda t: causal_attention(t, t, t, 0.125), q)  # forward and backward, as training runs it
@@ -1293,15 +1354,29 @@ def setup(h: Hyperparameters) -> Runtime:
     return rt
 
 def load_data(h: Hyperparameters, rt: Runtime):
-    """Validation tokens and their target bytes, on the device."""
-    luts = build_byte_luts(load_tokenizer(h))
-    val_tokens = load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
+    """Validation tokens and their target bytes (the byte sidecar's when DATA_PATH has one, else counted from
+    the tokenizer's pieces), on the device."""
+    sp = load_tokenizer(h)
+    val_tokens = load_validation(os.path.join(h.data_path, VAL_PATTERN), h.train_seq_len)
     if int(val_tokens.max()) >= h.vocab_size:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
-    val_tokens = val_tokens.to(rt.device)
-    val_bytes = target_bytes(val_tokens, luts)
-    rt.log(f"vocab:{h.vocab_size} val_tokens:{val_tokens.numel()} val_bytes:{int(val_bytes.sum())}")
-    return val_tokens, val_bytes
+    sidecar = load_sidecar(h.data_path, val_tokens.numel())
+    if sidecar is None and is_caseops(sp):
+        raise RunError(f"{h.tokenizer_path} is a CaseOps tokenizer, and {h.data_path} has no byte sidecar (fineweb_val_bytes_*.bin, "
+                       f"written by data/prepare_text.py --caseops): its pieces' bytes are not the text's")
+    if sidecar is None:
+        val_bytes = target_bytes(val_tokens, build_byte_luts(sp))
+        source = "tokenizer's pieces"
+    else:
+        nbytes, shards = sidecar
+        bos_bytes = int(nbytes[val_tokens == sp.bos_id()].sum())
+        if bos_bytes:
+            raise RunError(f"byte sidecar in {h.data_path} does not match its tokens: {bos_bytes} bytes on BOS tokens (must be 0)")
+        val_bytes = nbytes[1:]
+        source = f"sidecar: {shards} fineweb_val_bytes shard{'s' * (shards > 1)}"
+    docs = int((val_tokens == sp.bos_id()).sum())
+    rt.log(f"vocab:{h.vocab_size} val_tokens:{val_tokens.numel()} val_docs:{docs} val_bytes:{int(val_bytes.sum())} (from the {source})")
+    return val_tokens.to(rt.device), val_bytes.to(rt.device)
 
 class Trainer:
     """The compiled training step, the priming of every graph, and the wall-clocked loop."""

@@ -2,7 +2,8 @@
 usual env vars), trains it STEPS steps on the bench corpus so the weights leave their init,
 exports it as train_gpt.py does (Hessians from CALIB_SEQS training sequences, GPTQ, the
 smallest zstd level; then again by the rate-distortion export under TIGHT_CAP, by default the cap less
-50,000 bytes) and prints the size accounting, each table's share, and the CPU seconds of each stage.
+50,000 bytes) and prints the size accounting, each table's share, and the CPU seconds of each stage. The
+vocabulary's settings apply as in train_gpt.py; the code counted is train_gpt.py packed by tools/pack.py.
 Usage: python3 bench/full_size_artifact.py   (STEPS=12 BENCH_SEQ_LEN=256 BENCH_BATCH=8192 CALIB_SEQS=16)"""
 import os, sys, time
 from pathlib import Path
@@ -12,13 +13,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 import train_gpt as tg  # noqa: E402
+from pack import pack  # noqa: E402
 
 shared = ROOT.parent / "shared" / "data"
 os.environ.setdefault("DATA_PATH", str(shared / "datasets" / "bench_sp1024"))
 os.environ.setdefault("TOKENIZER_PATH", str(ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"))
 h = tg.Hyperparameters.from_env()
 tg.load_tokenizer(h)  # sets h.vocab_size
+print(tg.apply_vocab_settings(h))
 steps = int(os.environ.get("STEPS", 12))
 seq, batch = int(os.environ.get("BENCH_SEQ_LEN", 256)), int(os.environ.get("BENCH_BATCH", 8192))
 torch.manual_seed(0)
@@ -48,7 +52,7 @@ for step in range(steps):
     print(f"  train step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
 names = tg.quantized_names(model)
-code = len((ROOT / "train_gpt.py").read_bytes())
+code = len(pack((ROOT / "train_gpt.py").read_bytes(), "train_gpt.py"))  # what a record counts
 calib = int(os.environ.get("CALIB_SEQS", 16))
 t0 = time.perf_counter()
 x, y = loader.batch(calib, 0, 1)

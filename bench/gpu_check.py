@@ -35,9 +35,10 @@ SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="20", WARMUP_STEPS="4", TRAIN_LO
 # at the default BYTE_CAP: 20 steps leave near-init weights over the cap, so the export times the rate-distortion
 # allocation (its ladders on the GPU, GPTQ at the chosen steps and up to 7 packs on the CPU), as a full run needs it
 FILES = ("logs/gpu_check.txt", "gpu_check.json", "gpu_check.stream.txt")
-# another vocabulary's shape (GPU_CHECK_VOCAB=4096 or 8192, with that route's EMBED_BITS=... etc. in the environment):
-# the bench's tokenizer of that size; its pieces do not matter to times and memory, its size does
-VOCAB = int(os.environ.get("GPU_CHECK_VOCAB", 1024))
+# the vocabulary's shape (default 8192, the main job's; GPU_CHECK_VOCAB=1024 or 4096 for the other routes): the bench's
+# plain tokenizer of that size (random tokens have no byte sidecar, which a CaseOps tokenizer needs); its pieces do
+# not matter to times and memory, its size does, and train_gpt.py gives the run that vocabulary's settings
+VOCAB = int(os.environ.get("GPU_CHECK_VOCAB", 8192))
 TOKENIZER = ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model" if VOCAB == 1024 else \
     ROOT / "bench" / "tokenizers" / f"bench_{VOCAB}_bpe.model"
 

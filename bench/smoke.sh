@@ -11,7 +11,7 @@ out="${1:-bench/out/smoke}"
 mkdir -p "$out/data"
 python3 data/synthetic_text.py --docs 4000 --seed 0 --out "$out/corpus.jsonl"
 python3 data/prepare_text.py "$out/corpus.jsonl" --tokenizer data/tokenizers/fineweb_1024_bpe.model \
-  --out "$out/data" --val-docs 150 --shard-tokens 200000 --vocab-size 1024
+  --out "$out/data" --own-corpus --val-docs 150 --shard-tokens 200000 --vocab-size 1024
 export DATA_PATH="$out/data" TOKENIZER_PATH=data/tokenizers/fineweb_1024_bpe.model OUT_DIR="$out" RUN_ID=smoke
 export NUM_LAYERS=${NUM_LAYERS:-6} MODEL_DIM=${MODEL_DIM:-128} NUM_HEADS=4 NUM_KV_HEADS=2 MLP_HIDDEN=384
 export BIGRAM_BUCKETS=512 BIGRAM_DIM=32 VE_DIM=32 TRAIN_SEQ_LEN=128 TRAIN_BATCH_TOKENS=4096

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The vocabulary bench (issue 28): the SPEC §9 shape at equal steps (200) on the bench text re-tokenized with
 # BPE tokenizers of 1024, 4096 and 8192 pieces trained on the bench's training text (bench/tokenizers/, made by
-# data/train_tokenizer.py ../shared/data/text/bench_train.jsonl --vocab-size V --skip-docs 0), plus the
+# data/train_tokenizer.py ../shared/data/text/bench_train.jsonl --vocab-size V --own-corpus --skip-docs 0), plus the
 # official sp1024 shards as the reference. bpb is charged on the same validation text's bytes, so the rows
 # compare. ~40 min on 2 CPU cores with TTT off (the default here; TTT_ENABLED=1 adds its score).
 # Usage: bash bench/vocab_bench.sh [OUT_DIR] [VOCABS...]   (VOCABS: 1024 4096 8192 official)
@@ -19,7 +19,7 @@ for v in ${vocabs[@]}; do
   else
     data="$out/data/bench_sp$v" tok="bench/tokenizers/bench_${v}_bpe.model"
     [ -f "$data/prepare_text.json" ] || python3 data/prepare_text.py "$shared/data/text/bench_val.jsonl" \
-      "$shared/data/text/bench_train.jsonl" --tokenizer "$tok" --out "$data" --val-docs 543 --shard-tokens 2000000
+      "$shared/data/text/bench_train.jsonl" --tokenizer "$tok" --out "$data" --own-corpus --val-docs 543 --shard-tokens 2000000
   fi
   echo "== vocab $v ($tok)"
   DATA_PATH="$data" TOKENIZER_PATH="$tok" RUN_ID="vocab_$v" bash bench/bench_config.sh "$out/$v" | tail -7

@@ -5,8 +5,11 @@ Examples:
     # the official route to another vocabulary: the challenge's docs_selected.jsonl (~48 GB), re-tokenized
     python3 data/prepare_text.py docs_selected.jsonl --tokenizer fineweb_4096_bpe.model \\
         --out data/datasets/fineweb10B_sp4096
+    # CaseOps (data/caseops.py) with a CaseOps tokenizer: also the validation byte sidecar
+    python3 data/prepare_text.py docs_selected.jsonl --caseops --tokenizer fineweb_8192_bpe_caseops.model \\
+        --out data/datasets/fineweb10B_sp8192_caseops
     # a small corpus of your own: its own validation share
-    python3 data/prepare_text.py corpus.jsonl --tokenizer fineweb_1024_bpe.model --out data/mine --val-docs 500
+    python3 data/prepare_text.py corpus.jsonl --tokenizer fineweb_1024_bpe.model --out data/mine --own-corpus --val-docs 500
 
 Documents are read one at a time and encoded by --workers processes in order, so memory stays bounded
 (about one shard of tokens plus a few batches of text) on any input size, and the output is the same for
@@ -17,6 +20,15 @@ are written into a hidden folder of --out and moved into place only when the who
 older run's extra shards of a split are then removed: training would read them too); a failed or
 stopped (SIGTERM) run leaves --out's shards as they were. --out also gets prepare_text.json (what was
 done, with the counts).
+
+The validation split is the official one, the first 50,000 documents, and nothing else unless --own-corpus
+says the input is not the official documents file: a smaller share would put validation documents into
+training (openai/parameter-golf issue #2127: a prep script's default of 10,000 did so in 15 entries).
+With --caseops each document is transformed before encoding, and each validation shard gets a sidecar
+fineweb_val_bytes_NNNNNN.bin (the same header and length): every token's original UTF-8 bytes, BOS and
+markers 0, from the slice of the text each piece covers (the layout of the frontier's CaseOps export).
+The bytes SentencePiece drops (whitespace at a document's ends) belong to no piece; prepare_text.json
+counts them.
 """
 import argparse
 import hashlib
@@ -31,6 +43,8 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+
+import caseops
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -89,16 +103,32 @@ def read_documents(path) -> list[str]:
     return [text for _, text in iter_documents(path)]
 
 
+def with_bos(docs: list, bos: int) -> np.ndarray:
+    """Concatenate [bos] + doc for every document (lists of ints), as a uint16 array."""
+    out = np.empty(sum(len(d) + 1 for d in docs), dtype=np.uint16)
+    pos = 0
+    for d in docs:
+        out[pos] = bos
+        out[pos + 1:pos + 1 + len(d)] = d
+        pos += len(d) + 1
+    return out
+
+
 def encode_documents(sp, docs):
     """Concatenate [bos] + sp.encode(doc) for every document, as a uint16 array."""
-    pieces = sp.encode(list(docs)) if docs else []
-    out = np.empty(sum(len(p) + 1 for p in pieces), dtype=np.uint16)
-    pos = 0
-    for p in pieces:
-        out[pos] = sp.bos_id()
-        out[pos + 1:pos + 1 + len(p)] = p
-        pos += len(p) + 1
-    return out
+    return with_bos(sp.encode(list(docs)) if docs else [], sp.bos_id())
+
+
+def encode_caseops(sp, docs) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, original bytes per token) of the CaseOps text of every document: [bos] + its pieces, and 0 +
+    each piece's original UTF-8 bytes (caseops.original_bytes of the slices of the text the pieces cover)."""
+    protos = sp.encode([caseops.encode(d) for d in docs], out_type="proto") if docs else []
+    ids = [[p.id for p in proto.pieces] for proto in protos]
+    nbytes = [caseops.original_bytes(p.surface for p in proto.pieces) for proto in protos]
+    for doc, n in zip(docs, nbytes):
+        if sum(n) > len(doc.encode("utf-8")):
+            raise ValueError(f"pieces cover {sum(n)} original bytes of a {len(doc.encode('utf-8'))}-byte document")
+    return with_bos(ids, sp.bos_id()), with_bos(nbytes, 0)
 
 
 def write_shard(path, tokens):
@@ -172,16 +202,23 @@ class ShardWriter:
 
 
 SP = None  # each worker's tokenizer
+CASEOPS = False  # whether each worker transforms its documents (and counts validation bytes)
 
 
-def worker_init(model_file: str) -> None:
-    global SP
+def worker_init(model_file: str, use_caseops: bool = False) -> None:
+    global SP, CASEOPS
     import sentencepiece as spm
     SP = spm.SentencePieceProcessor(model_file=model_file)
+    CASEOPS = use_caseops
 
 
-def worker_encode(texts: list[str]) -> np.ndarray:
-    return encode_documents(SP, texts)
+def worker_encode(split: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(tokens, the validation byte sidecar's values or None)."""
+    if not CASEOPS:
+        return encode_documents(SP, texts), None
+    if split == "val":
+        return encode_caseops(SP, texts)
+    return encode_documents(SP, [caseops.encode(t) for t in texts]), None
 
 
 def doc_hash(text: str) -> bytes:
@@ -201,6 +238,7 @@ def batches(docs, val_docs: int, stats: dict, batch_bytes: int = 1 << 20):
             texts, size, split = [], 0, now
         if now == "val":
             seen.add(doc_hash(text))
+            stats["val_text_bytes"] += len(text.encode("utf-8"))
         elif doc_hash(text) in seen:
             stats["train_docs_equal_to_val"] += 1
             continue
@@ -211,22 +249,22 @@ def batches(docs, val_docs: int, stats: dict, batch_bytes: int = 1 << 20):
         yield split, texts
 
 
-def encoded(tasks, tokenizer: str, workers: int):
-    """(split, tokens, docs) in input order; with workers > 1, at most 2 x workers batches in flight (a worker
-    that dies, e.g. out of memory, is an error: BrokenProcessPool, never a hang)."""
+def encoded(tasks, tokenizer: str, workers: int, use_caseops: bool = False):
+    """(split, (tokens, sidecar or None), docs) in input order; with workers > 1, at most 2 x workers batches in
+    flight (a worker that dies, e.g. out of memory, is an error: BrokenProcessPool, never a hang)."""
     if workers <= 1:
-        worker_init(tokenizer)
+        worker_init(tokenizer, use_caseops)
         for split, texts in tasks:
-            yield split, worker_encode(texts), len(texts)
+            yield split, worker_encode(split, texts), len(texts)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-    with ProcessPoolExecutor(workers, ctx, worker_init, (tokenizer,)) as pool:
+    with ProcessPoolExecutor(workers, ctx, worker_init, (tokenizer, use_caseops)) as pool:
         flight = deque()
         try:
             for split, texts in tasks:
-                flight.append((split, pool.submit(worker_encode, texts), len(texts)))
+                flight.append((split, pool.submit(worker_encode, split, texts), len(texts)))
                 if len(flight) >= 2 * workers:
                     s, res, n = flight.popleft()
                     yield s, res.result(), n
@@ -238,7 +276,11 @@ def encoded(tasks, tokenizer: str, workers: int):
                 res.cancel()
 
 
-def check_tokenizer(path: str, vocab_size: int | None):
+def is_caseops_tokenizer(sp) -> bool:
+    return sp.vocab_size() > max(caseops.MARKER_IDS) and [sp.id_to_piece(i) for i in caseops.MARKER_IDS] == list(caseops.MARKERS)
+
+
+def check_tokenizer(path: str, vocab_size: int | None, use_caseops: bool = False):
     import sentencepiece as spm
     if not Path(path).is_file():
         fail(f"tokenizer not found: {path}")
@@ -257,6 +299,10 @@ def check_tokenizer(path: str, vocab_size: int | None):
     if sp.encode(" "):
         fail(f"{path} keeps spaces as pieces (remove_extra_whitespaces off): train_gpt.py's byte count would "
              f"miss some; the challenge's tokenizers collapse them")
+    if use_caseops != is_caseops_tokenizer(sp):
+        fail(f"{path} is {'' if is_caseops_tokenizer(sp) else 'not '}a CaseOps tokenizer (markers U+E001..U+E004 as ids 4..7), "
+             f"and --caseops is {'on' if use_caseops else 'off'}: a CaseOps tokenizer needs --caseops (data/train_tokenizer.py "
+             f"--caseops makes one)")
     return sp
 
 
@@ -267,16 +313,25 @@ def main(argv=None):
     ap.add_argument("--tokenizer", required=True, help="SentencePiece .model file (BOS = 1)")
     ap.add_argument("--out", required=True, help="output directory (created if needed)")
     ap.add_argument("--val-docs", type=int, default=OFFICIAL_VAL_DOCS,
-                    help=f"documents from the start used for validation (default {OFFICIAL_VAL_DOCS:,}: the official split)")
+                    help=f"documents from the start used for validation ({OFFICIAL_VAL_DOCS:,}, the official split; "
+                         f"another count needs --own-corpus)")
+    ap.add_argument("--own-corpus", action="store_true", help="the input is not the official documents: --val-docs may differ")
+    ap.add_argument("--caseops", action="store_true",
+                    help="transform documents with CaseOps (a CaseOps tokenizer) and write the validation byte sidecar")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100000000)")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ap.add_argument("--workers", type=int, default=cores, help=f"encoding processes (default: the cores this process may use, {cores})")
     ap.add_argument("--batch-bytes", type=int, default=1 << 20, help="text per task sent to a worker (default 1 MiB)")
     ap.add_argument("--vocab-size", type=int, help="fail unless the tokenizer has this vocab size")
     args = ap.parse_args(argv)
-    sp = check_tokenizer(args.tokenizer, args.vocab_size)
+    sp = check_tokenizer(args.tokenizer, args.vocab_size, args.caseops)
     if args.val_docs < 1:
         fail(f"zero validation documents (--val-docs {args.val_docs})")
+    if args.val_docs != OFFICIAL_VAL_DOCS and not args.own_corpus:
+        fail(f"--val-docs {args.val_docs}: the official validation split is the first {OFFICIAL_VAL_DOCS:,} documents, and "
+             f"fewer would train on the rest of them (openai/parameter-golf issue #2127); for a corpus of your own, add --own-corpus")
+    if args.own_corpus and any(Path(p).name == "docs_selected.jsonl" for p in args.inputs):
+        fail(f"--own-corpus with docs_selected.jsonl: that is the official documents file, whose first {OFFICIAL_VAL_DOCS:,} are validation")
     if min(args.shard_tokens, args.workers, args.batch_bytes) < 1:
         fail("--shard-tokens, --workers and --batch-bytes must be >= 1")
     for path in args.inputs:
@@ -289,34 +344,42 @@ def main(argv=None):
         print(f"prepare_text: warning: {old} is left from a run that was killed; delete it", file=sys.stderr)
     work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare_text."))
     signal.signal(signal.SIGTERM, lambda *_: fail("stopped by SIGTERM; --out's shards are as they were"))  # runs the cleanup
-    stats = dict(train_docs_equal_to_val=0, batches=0)
+    stats = dict(train_docs_equal_to_val=0, batches=0, val_text_bytes=0, val_original_bytes=0)
     writers = {s: ShardWriter(work, s, args.shard_tokens) for s in ("val", "train")}
+    sidecar = ShardWriter(work, "val_bytes", args.shard_tokens)  # written with --caseops: the same boundaries as "val"
     t0, last = time.time(), time.time()
     try:
         docs = (d for path in args.inputs for d in iter_documents(path))
         tasks = batches(docs, args.val_docs, stats, args.batch_bytes)
-        for split, tokens, n in encoded(tasks, args.tokenizer, args.workers):
+        for split, (tokens, nbytes), n in encoded(tasks, args.tokenizer, args.workers, args.caseops):
             writers[split].add(tokens, n)
+            if nbytes is not None:
+                sidecar.add(nbytes, n)
+                stats["val_original_bytes"] += int(nbytes.sum())
             if time.time() - last > 60:
                 last = time.time()
                 done = sum(w.docs for w in writers.values())
                 print(f"  {done:,} documents, {sum(w.tokens for w in writers.values()):,} tokens, "
                       f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)
         paths = {s: w.close() for s, w in writers.items()}
+        paths["val_bytes"] = sidecar.close()
         total = writers["val"].docs + writers["train"].docs + stats["train_docs_equal_to_val"]
         if writers["val"].docs < args.val_docs or not writers["train"].docs:
             fail(f"zero training documents: {total} documents in total, --val-docs {args.val_docs} "
                  f"(a small corpus passes its own --val-docs)")
-        for split in ("val", "train"):  # whole: moved into place; an older run's extra shards would be read too
+        for split in ("val", "val_bytes", "train"):  # whole: moved into place; an older run's extra shards would be read too
             for i, p in enumerate(paths[split]):
                 paths[split][i] = out / p.name
                 os.replace(p, paths[split][i])
-            for stale in sorted(set(out.glob(f"fineweb_{split}_*.bin")) - set(paths[split])):
+            for stale in sorted(set(out.glob(f"fineweb_{split}_[0-9]*.bin")) - set(paths[split])):
                 stale.unlink()
                 print(f"prepare_text: removed {stale}, an older run's {split} shard", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not args.caseops:
+        del stats["val_original_bytes"]  # no sidecar: train_gpt.py counts bytes from the pieces
     manifest = dict(inputs=[str(p) for p in args.inputs], tokenizer=str(args.tokenizer), vocab_size=sp.vocab_size(),
+                    caseops=args.caseops,
                     tokenizer_sha256=hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest(),
                     val_docs=writers["val"].docs, train_docs=writers["train"].docs, **stats,
                     val_tokens=writers["val"].tokens, train_tokens=writers["train"].tokens,
@@ -326,6 +389,10 @@ def main(argv=None):
         ps, w = paths[split], writers[split]
         shown = str(ps[0]) if len(ps) == 1 else f"{ps[0]} .. {ps[-1].name}"
         print(f"{split}: {w.docs} docs, {w.tokens} tokens, {len(ps)} shards -> {shown}")
+    if args.caseops:
+        dropped = stats["val_text_bytes"] - stats["val_original_bytes"]
+        print(f"val_bytes: {len(paths['val_bytes'])} sidecar shards, {stats['val_original_bytes']:,} original bytes "
+              f"({dropped:,} of the documents' {stats['val_text_bytes']:,} UTF-8 bytes in no piece: whitespace at their ends)")
     if stats["train_docs_equal_to_val"]:
         print(f"train: {stats['train_docs_equal_to_val']} documents equal to a validation document left out")
 

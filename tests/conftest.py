@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model"  # the challenge's sp1024
+sys.path.insert(0, str(ROOT / "data"))  # the data tools import data/caseops.py as their neighbour
 
 
 def pytest_configure(config):

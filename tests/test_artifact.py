@@ -214,7 +214,7 @@ import os, sentencepiece as spm
 h = tg.Hyperparameters.from_env({{**TINY, **{env!r}, "DATA_PATH": {str(tiny_data)!r}, "TOKENIZER_PATH": str(TOKENIZER)}})
 luts = tg.build_byte_luts(tg.load_tokenizer(h))
 m = tg.load_artifact_into(tg.GPT(h), tg.Path({str(tmp_path / 'final_model.int5.ptz')!r})).to(torch.device("cpu"))
-val = tg.load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
+val = tg.load_validation(os.path.join(h.data_path, tg.VAL_PATTERN), h.train_seq_len)
 nll = tg.eval_sliding(m, val, h.train_seq_len, h.train_seq_len, 64, 0, 1, torch.device("cpu"))
 print(tg.bpb(nll, tg.target_bytes(val, luts))[1])
 """

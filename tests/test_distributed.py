@@ -167,7 +167,7 @@ def test_no_data_says_where_and_how_to_get_it(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-    assert "./data/tokenizers/fineweb_1024_bpe.model" in line and "cached_challenge_fineweb.py --variant sp1024" in line
+    assert "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model" in line and "data/get_caseops.py" in line
 
 
 def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled, recurrent):

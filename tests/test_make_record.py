@@ -80,6 +80,9 @@ def test_one_seed_builds_the_folder(tmp_path):
     row += [str(BASE["steps"]), f"{BASE['train_time_s']:.2f}", f"{BASE['eval_time_s']:.2f}"]
     assert "| 42 | 2.24206643 | " + " | ".join(row) + " |" in text
     assert sub["blurb"] in text and "## Source" in text and "lzma.decompress" in text
+    hp = json.loads(re.search(r"^hparams (\{.*\})$", (out / "train.log").read_text(), re.M).group(1))
+    assert f"## Data\n\n`DATA_PATH={hp['data_path']}` `TOKENIZER_PATH={hp['tokenizer_path']}`" in text
+    assert re.search(r"^The log's validation line: `vocab:\d+ val_tokens:\d+ ", text, re.M)
 
 
 def test_three_seeds_write_the_table_logs_and_mean(tmp_path):
@@ -108,6 +111,13 @@ def test_three_seeds_write_the_table_logs_and_mean(tmp_path):
         assert f"| {seed} | {bpb:.8f} |" in text
         assert f"SEED={seed} torchrun --standalone --nproc_per_node=1 train_gpt.py" in text
     assert "https://example.org/entry" in text
+
+
+def test_seeds_on_different_data_are_refused(tmp_path):
+    script = make_script(tmp_path)
+    outs = [make_run(tmp_path, 1), make_run(tmp_path, 2, hparams=dict(data_path="./data/datasets/other"))]
+    r = run_tool(*outs, "--name", "Mixed", "--records", tmp_path / "records", "--script", script)
+    assert r.returncode != 0 and "ran on different data" in r.stderr and not (tmp_path / "records").exists()
 
 
 def test_force_replaces_an_existing_folder(tmp_path):

@@ -57,7 +57,7 @@ def test_jsonl_round_trip(tmp_path, sp, capsys):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8")
     out = tmp_path / "out"
-    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 2, "--shard-tokens", 50,
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--own-corpus", "--val-docs", 2, "--shard-tokens", 50,
          "--vocab-size", 1024])
     printed = capsys.readouterr().out
     assert "val: 2 docs" in printed and "train: 3 docs" in printed
@@ -80,7 +80,7 @@ def test_plain_text_blank_line_documents(tmp_path, sp):
     src.write_text("first doc\nstill first\n\n  \nsecond doc\n\n\nthird doc\n", encoding="utf-8")
     assert pt.read_documents(src) == ["first doc\nstill first", "second doc", "third doc"]
     out = tmp_path / "out"
-    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 1])
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--own-corpus", "--val-docs", 1])
     _, val = read_split(out, "val")
     _, train = read_split(out, "train")
     assert [sp.decode(x) for x in split_docs(val)] == ["first doc still first"]
@@ -91,7 +91,7 @@ def test_jsonl_line_without_text(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"text": "ok"}\n{"body": "oops"}\n', encoding="utf-8")
     with pytest.raises(SystemExit) as e:
-        run([src, "--tokenizer", TOKENIZER, "--out", tmp_path / "out", "--val-docs", 1])
+        run([src, "--tokenizer", TOKENIZER, "--out", tmp_path / "out", "--own-corpus", "--val-docs", 1])
     assert "prepare_text:" in str(e.value) and "bad.jsonl:2" in str(e.value) and '"text"' in str(e.value)
 
 
@@ -115,7 +115,7 @@ def test_zero_train_docs(tmp_path):
     src = tmp_path / "a.txt"
     src.write_text("one\n\ntwo\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="zero training documents"):
-        run([src, "--tokenizer", TOKENIZER, "--out", tmp_path / "out", "--val-docs", 2])
+        run([src, "--tokenizer", TOKENIZER, "--out", tmp_path / "out", "--own-corpus", "--val-docs", 2])
 
 
 def test_read_shard_rejects_corrupt(tmp_path):
@@ -162,7 +162,7 @@ def test_workers_give_the_same_shards_as_one_process(tmp_path, synth_docs):
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     outs = []
     for w in (1, 3):
-        code, printed, err = cli(src, "--tokenizer", TOKENIZER, "--out", tmp_path / f"w{w}", "--val-docs", 40,
+        code, printed, err = cli(src, "--tokenizer", TOKENIZER, "--out", tmp_path / f"w{w}", "--own-corpus", "--val-docs", 40,
                                  "--shard-tokens", 20_000, "--workers", w, "--batch-bytes", 4096)
         assert code == 0, err
         outs.append(shard_bytes(tmp_path / f"w{w}"))
@@ -182,7 +182,7 @@ def test_memory_stays_bounded_as_the_input_grows(tmp_path, synth_docs):
         code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
                 "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         r = subprocess.run([sys.executable, "-c", code, sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src),
-                            "--tokenizer", str(TOKENIZER), "--out", str(tmp_path / "out"), "--val-docs", "50",
+                            "--tokenizer", str(TOKENIZER), "--out", str(tmp_path / "out"), "--own-corpus", "--val-docs", "50",
                             "--shard-tokens", "1000000", "--workers", "1"], capture_output=True, text=True, timeout=300)
         rc, kb = map(int, r.stdout.split())
         assert rc == 0
@@ -223,7 +223,7 @@ def test_bad_input_is_one_line_and_leaves_out_as_it_was(tmp_path, content, msg):
     out = tmp_path / "out"
     out.mkdir()
     (out / "fineweb_val_000000.bin").write_bytes(b"before")
-    code, _, err = cli(src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 30, "--workers", 1)
+    code, _, err = cli(src, "--tokenizer", TOKENIZER, "--out", out, "--own-corpus", "--val-docs", 10, "--shard-tokens", 30, "--workers", 1)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(msg, err), err
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_val_000000.bin"]  # no shard, no hidden folder left
@@ -236,15 +236,15 @@ def test_a_tokenizer_without_bos_1_is_refused(tmp_path):
                                    bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2)
     src = write_jsonl(tmp_path / "d.jsonl", ["one", "two"])
     with pytest.raises(SystemExit, match=r"nobos\.model has BOS id -1.*BOS = 1"):
-        run([src, "--tokenizer", tmp_path / "nobos.model", "--out", tmp_path / "out", "--val-docs", 1])
+        run([src, "--tokenizer", tmp_path / "nobos.model", "--out", tmp_path / "out", "--own-corpus", "--val-docs", 1])
 
 
 def test_an_older_runs_extra_shards_are_removed(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [f"document {i} of a few words" for i in range(40)])
     out = tmp_path / "out"
-    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 20])
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--own-corpus", "--val-docs", 10, "--shard-tokens", 20])
     many = sorted(p.name for p in out.glob("fineweb_*.bin"))
-    run([src, "--tokenizer", TOKENIZER, "--out", out, "--val-docs", 10, "--shard-tokens", 1000])
+    run([src, "--tokenizer", TOKENIZER, "--out", out, "--own-corpus", "--val-docs", 10, "--shard-tokens", 1000])
     assert len(many) > 4 and sorted(p.name for p in out.glob("fineweb_*.bin")) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin"]
 
 
@@ -255,7 +255,7 @@ def test_sigterm_leaves_no_hidden_folder_and_no_shards(tmp_path, synth_docs):
     src = write_jsonl(tmp_path / "big.jsonl", synth_docs[0] * 60)  # ~34 MB: several seconds of encoding
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src), "--tokenizer", str(TOKENIZER),
-                          "--out", str(out), "--val-docs", "50", "--shard-tokens", "100000", "--workers", "1"],
+                          "--out", str(out), "--own-corpus", "--val-docs", "50", "--shard-tokens", "100000", "--workers", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not list(out.glob(".prepare_text.*/fineweb_train_*.bin")) and time.time() < deadline:
@@ -282,4 +282,4 @@ def test_a_tokenizer_that_keeps_spaces_is_refused(tmp_path):
                                    add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2)
     src = write_jsonl(tmp_path / "d.jsonl", ["one", "two"])
     with pytest.raises(SystemExit, match=r"keep\.model keeps spaces as pieces"):
-        run([src, "--tokenizer", tmp_path / "keep.model", "--out", tmp_path / "out", "--val-docs", 1])
+        run([src, "--tokenizer", tmp_path / "keep.model", "--out", tmp_path / "out", "--own-corpus", "--val-docs", 1])

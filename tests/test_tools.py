@@ -370,8 +370,11 @@ def test_memory_compiled_estimate_saves_less_than_eager(one_thread):
 
 
 def test_another_vocabulary_prices_its_validation_tokens_documents_and_logits():
-    c1, c8 = est.load_config(env={}), est.load_config(env={"VOCAB_SIZE": "8192"})
+    c1, c8 = est.load_config(env={}), est.load_config(env={"VOCAB_SIZE": "8192", "TOKENIZER_PATH": "fineweb_8192_bpe.model"})
     assert (c1["val_tokens"], c8["val_tokens"]) == (est.SP1024_VAL_TOKENS, 40_540_160)
+    caseops = est.load_config(env={"VOCAB_SIZE": "8192"})  # the default tokenizer: the CaseOps route's
+    assert caseops["val_tokens"] == 47_851_520 and (caseops["embed_bits"], caseops["bigram_buckets"], caseops["ve_layers"]) == (7, 4096, 0)
+    assert est.load_config(env={"VOCAB_SIZE": "8192", "VE_LAYERS": "2"})["ve_layers"] == 2  # set: kept
     assert est.load_config(env={"VOCAB_SIZE": "8192", "VAL_TOKENS": "1000"})["val_tokens"] == 1000
     assert est.load_config(env={}, hparams={"vocab_size": 0})["vocab_size"] == 1024  # a log's 0: the tokenizer's
     assert est.load_config(env={}, hparams={"vocab_size": 4096})["val_tokens"] == 45_508_608

@@ -32,7 +32,7 @@ def train(tmp_path, *args):
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
-    r = train(d, corpus(d / "docs.jsonl"), "--vocab-size", 420, "--out", d / "m.model", "--skip-docs", 10)
+    r = train(d, corpus(d / "docs.jsonl"), "--vocab-size", 420, "--out", d / "m.model", "--own-corpus", "--skip-docs", 10)
     assert r.returncode == 0, r.stderr
     import sentencepiece as spm
     return spm.SentencePieceProcessor(model_file=str(d / "m.model")), d
@@ -45,7 +45,7 @@ def test_the_tokenizer_has_the_challenges_settings_and_never_saw_the_skipped_doc
     assert sp.encode("in 1999", out_type=str)[-4:] == ["1", "9", "9", "9"]  # digits split
     assert not sp.encode("the", out_type=str)[0].startswith("\u2581")  # no dummy prefix
     assert not any("zq" in sp.id_to_piece(i) for i in range(420))  # the first 10 documents were not read
-    r = train(d, d / "docs.jsonl", "--vocab-size", 420, "--out", d / "all.model", "--skip-docs", 0)
+    r = train(d, d / "docs.jsonl", "--vocab-size", 420, "--out", d / "all.model", "--own-corpus", "--skip-docs", 0)
     import sentencepiece as spm
     seen = spm.SentencePieceProcessor(model_file=str(d / "all.model"))
     assert r.returncode == 0 and any("zq" in seen.id_to_piece(i) for i in range(420))  # ...and would shape it
@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case, msg):
         with open(docs, "ab") as f:
             f.write(b'{"text": "\xff\xfe"}\n')
     args = [tmp_path / "nope.jsonl" if case == "missing" else docs, "--vocab-size", 299 if case == "tiny vocab" else 400,
-            "--out", tmp_path / "m.model", "--skip-docs", 1000 if case == "all skipped" else 0]
+            "--out", tmp_path / "m.model", "--own-corpus", "--skip-docs", 1000 if case == "all skipped" else 0]
     r = train(tmp_path, *args)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr

@@ -54,7 +54,7 @@ def data_4096(tmp_path_factory, synth_docs):
     src = d / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in val + train), encoding="utf-8")
     r = subprocess.run([sys.executable, str(ROOT / "data" / "prepare_text.py"), str(src), "--tokenizer",
-                        str(BENCH_TOKENIZERS[4096]), "--out", str(d), "--val-docs", str(len(val)),
+                        str(BENCH_TOKENIZERS[4096]), "--out", str(d), "--own-corpus", "--val-docs", str(len(val)),
                         "--shard-tokens", "40000", "--workers", "2", "--batch-bytes", "8192"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return d
@@ -76,8 +76,9 @@ import train_gpt as tg
 from conftest import TINY
 h = tg.Hyperparameters.from_env({{**TINY, "DATA_PATH": {str(data_4096)!r}, "TOKENIZER_PATH": {str(BENCH_TOKENIZERS[4096])!r}}})
 luts = tg.build_byte_luts(tg.load_tokenizer(h))
+tg.apply_vocab_settings(h)
 m = tg.load_artifact_into(tg.GPT(h), tg.Path({str(tmp_path / 'final_model.int5.ptz')!r}))
-val = tg.load_validation(os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
+val = tg.load_validation(os.path.join(h.data_path, tg.VAL_PATTERN), h.train_seq_len)
 nll = tg.eval_sliding(m, val, h.train_seq_len, h.train_seq_len, 64, 0, 1, torch.device("cpu"))
 print(h.vocab_size, tg.bpb(nll, tg.target_bytes(val, luts))[1])
 """

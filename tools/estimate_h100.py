@@ -1,9 +1,11 @@
 """ESTIMATE (from FLOPs, not a measurement) of the 8xH100 time budget for a configuration.
 
 Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json] [--no-memory]
-Configuration: the training script's defaults (SPEC's, but 16384 bigram buckets), overridden
-by its environment variables (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the
-`hparams` JSON of --log.
+        VOCAB_SIZE=8192 python tools/estimate_h100.py    # the main job: SP8192 CaseOps
+Configuration: the training script's defaults at sp1024 (the anchor's vocabulary), overridden by its
+environment variables (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the `hparams` JSON of --log;
+then, as train_gpt.py does, the vocabulary's settings (its VOCAB_SETTINGS) where neither sets them, and the
+validation tokens of the vocabulary's route (CaseOps when the tokenizer's name says so, as the default's does).
 
 Model: forward FLOPs/token = 2 * matmul params + per layer 2*2*seq*d*0.5 (causal attention);
 training FLOPs/token = 3 * forward. The MFU is calibrated on one published anchor
@@ -35,8 +37,10 @@ from logparse import parse_log  # noqa: E402
 
 SP1024_VAL_TOKENS = 62_021_632  # the scored validation tokens of the official sp1024 shards (the default)
 # the same 50,000 documents under other vocabularies (val_tokens of the runs' logs: SP4096 PRs #1218 and #1421,
-# SP8192 PR #1394, openai/parameter-golf); VAL_TOKENS overrides, an unlisted vocabulary keeps sp1024's (more work)
-VAL_TOKENS_BY_VOCAB = {1024: SP1024_VAL_TOKENS, 4096: 45_508_608, 8192: 40_540_160}
+# SP8192 PR #1394, SP8192 CaseOps PR #2135, openai/parameter-golf); keyed by (vocabulary, CaseOps); VAL_TOKENS
+# overrides, an unlisted vocabulary keeps sp1024's (more work)
+VAL_TOKENS_BY_ROUTE = {(1024, False): SP1024_VAL_TOKENS, (4096, False): 45_508_608, (8192, False): 40_540_160,
+                       (8192, True): 47_851_520}
 DEFAULTS = dict(
     num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_hidden=1536,
     vocab_size=1024, bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
@@ -100,9 +104,16 @@ def load_config(env=None, hparams=None):
         if key.upper() in env:
             cfg[key] = _coerce(key, env[key.upper()])
     hp = {k.lower(): v for k, v in (hparams or {}).items()}
-    vocab = hp.get("vocab_size") or cfg["vocab_size"]
+    vocab = int(hp.get("vocab_size") or cfg["vocab_size"])
+    from memory_estimate import load_tg
+    tg = load_tg()
+    tokenizer = hp.get("tokenizer_path") or env.get("TOKENIZER_PATH") or tg.Hyperparameters().tokenizer_path
     if "VAL_TOKENS" not in env and not hp.get("val_tokens"):
-        cfg["val_tokens"] = VAL_TOKENS_BY_VOCAB.get(int(vocab), SP1024_VAL_TOKENS)
+        route = (vocab, "caseops" in os.path.basename(tokenizer))
+        cfg["val_tokens"] = VAL_TOKENS_BY_ROUTE.get(route, VAL_TOKENS_BY_ROUTE.get((vocab, False), SP1024_VAL_TOKENS))
+    for key, value in tg.vocab_settings(vocab).items():
+        if key.upper() not in env:
+            cfg[key] = value
     if "mlp_hidden" not in hp and "mlp_mult" in hp:
         hp["mlp_hidden"] = float(hp["mlp_mult"]) * float(hp.get("model_dim", cfg["model_dim"]))
     for key in DEFAULTS:

@@ -104,6 +104,12 @@ def logged_hparams(log_text, log):
         raise Refusal(f"{log}: its hparams line is not JSON ({e})") from None
 
 
+def logged_data(log_text):
+    """The log's validation line: vocabulary, tokens, documents, bytes and whence the bytes (None in older logs)."""
+    m = re.search(r"^vocab:\d+ val_tokens:.*$", log_text, re.MULTILINE)
+    return m.group(0) if m else None
+
+
 def load_run(out_dir):
     """One OUT_DIR's record and log, read once: what is checked is what gets copied."""
     out = Path(out_dir)
@@ -168,6 +174,10 @@ def check_together(runs):
             raise Refusal(f"seed {seed} twice: {seen[seed]} and {run['dir']}")
         seen[seed] = run["dir"]
     first = runs[0]
+    data = [(hp["data_path"], hp["tokenizer_path"]) for hp in (logged_hparams(r["log_text"], r["dir"]) for r in runs)]
+    for run, where in zip(runs[1:], data[1:]):
+        if where != data[0]:
+            raise Refusal(f"{first['dir']} and {run['dir']} ran on different data (DATA_PATH, TOKENIZER_PATH {data[0]} and {where})")
     for run in runs[1:]:
         if run["record"]["code_sha256"] != first["record"]["code_sha256"]:
             raise Refusal(f"{first['dir']} and {run['dir']} ran different scripts (code_sha256 "
@@ -283,6 +293,11 @@ def readme(sub, runs, source):
               f"| model (compressed artifact{whose}) | {sub['bytes_model']:,} |",
               f"| total{' (the largest seed)' if several else ''} | {sub['bytes_total']:,} |",
               f"| cap | {CAP:,} ({CAP - sub['bytes_total']:,} to spare) |"]
+    hp = logged_hparams(runs[0]["log_text"], runs[0]["dir"])
+    validation = logged_data(runs[0]["log_text"])
+    lines += ["", "## Data", "", f"`DATA_PATH={hp['data_path']}` `TOKENIZER_PATH={hp['tokenizer_path']}`"]
+    if validation:
+        lines += ["", f"The log's validation line: `{validation}`"]
     lines += ["", "## Hardware", "", sub["hardware"]]
     lines += ["", "## Command", "", "```bash", "pip install -r requirements.txt"]
     for run in runs:
