@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import glob, hashlib, importlib, json, math, os, shutil, struct, sys, time, traceback, uuid
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -128,10 +128,10 @@ class Hyperparameters:
 # what the bigram table and the value embeddings learn at sp1024, its embedding is where precision pays, and
 # its LoRA head's logits take memory (docs/design.md, "Other vocabularies"). A tokenizer takes the row of
 # the largest vocabulary not above its own (the first row below 1024); the first row is the defaults above.
-VOCAB_SETTINGS = (
-    (1024, dict(embed_bits=5, bigram_buckets=16384, ve_layers=2, ttt_lora_docs=64)),
-    (4096, dict(embed_bits=7, bigram_buckets=4096, ve_layers=2, ttt_lora_docs=48)),
-    (8192, dict(embed_bits=7, bigram_buckets=4096, ve_layers=0, ttt_lora_docs=48)),
+VOCAB_SETTINGS = (  # literals: tools/estimate_h100.py reads them from this source
+    (1024, {"embed_bits": 5, "bigram_buckets": 16384, "ve_layers": 2, "ttt_lora_docs": 64}),
+    (4096, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 2, "ttt_lora_docs": 48}),
+    (8192, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 0, "ttt_lora_docs": 48}),
 )
 
 def vocab_settings(vocab_size: int) -> dict:

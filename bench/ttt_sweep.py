@@ -5,6 +5,7 @@ Usage: python3 bench/ttt_sweep.py OUT_DIR/final_model.int5.ptz LR,BATCH_SEQS,EPO
 The model shape comes from the usual env vars (defaults: the SPEC §9 bench shape)."""
 import os, sys, time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -28,10 +29,16 @@ def setup(val_glob: str | None = None):
 
 
 def validation(h, val_glob: str | None = None):
-    """h's validation tokens (or val_glob's) and the bytes of each of their targets, as train_gpt.py scores them."""
-    luts = tg.build_byte_luts(tg.load_tokenizer(h))  # sets h.vocab_size
-    val = tg.load_validation(val_glob or os.path.join(h.data_path, "fineweb_val_*.bin"), h.train_seq_len)
-    return val, tg.target_bytes(val, luts)
+    """h's validation tokens (or val_glob's) and the bytes of each of their targets, as train_gpt.py scores them
+    (its load_data: a byte sidecar beside the shards wins); gives h its vocabulary and that vocabulary's settings."""
+    sp = tg.load_tokenizer(h)
+    tg.apply_vocab_settings(h)
+    if val_glob is None:
+        return tg.load_data(h, SimpleNamespace(log=lambda msg: None, device=torch.device("cpu")))
+    if tg.is_caseops(sp):
+        sys.exit(f"{h.tokenizer_path} is a CaseOps tokenizer: score it from DATA_PATH, whose byte sidecar counts its bytes")
+    val = tg.load_validation(val_glob, h.train_seq_len)
+    return val, tg.target_bytes(val, tg.build_byte_luts(sp))
 
 
 def ttt_score(artifact: str, h, val, nbytes) -> tuple[float, float]:

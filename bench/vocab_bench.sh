@@ -13,6 +13,8 @@ shift || true
 vocabs=("${@:-1024 4096 8192 official}")
 mkdir -p "$out"
 export TTT_ENABLED=${TTT_ENABLED:-0}
+# the settings the documented rows ran with (issue 28), before settings followed the vocabulary (issue 34)
+export EMBED_BITS=${EMBED_BITS:-5} VE_LAYERS=${VE_LAYERS:-2} TTT_LORA_DOCS=${TTT_LORA_DOCS:-64}
 for v in ${vocabs[@]}; do
   if [ "$v" = official ]; then
     data="$shared/data/datasets/bench_sp1024" tok="$shared/data/tokenizers/fineweb_1024_bpe.model"

@@ -10,21 +10,22 @@ Usage:
     python3 data/get_caseops.py [--train-shards 80] [--data data]   # download (huggingface_hub), then check
     python3 data/get_caseops.py --check-only [--data data]          # check a copy already in place
 
+The download lands in data/caseops_download (Hugging Face's layout; a second run fetches only what is missing)
+and the two places above link to it. Not run here: the build machine has no network.
+
 The check refuses, in one line: a tokenizer that is not CaseOps with 8192 pieces; a validation shard without
 its byte sidecar of the same length, or a sidecar byte on a BOS; a validation split that is not the official
 one: 50,000 documents (a prep with fewer validation documents trained on the rest, openai/parameter-golf
 issue #2127) and 47,851,520 scored tokens; fewer train shards than asked, or a shard with a bad header.
 """
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import caseops
-from prepare_text import read_shard
+from prepare_text import read_shard, shard_length
 
 REPO = "romeerp/parameter-golf-caseops-v1"
 NAME = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
@@ -39,24 +40,37 @@ def fail(msg: str):
     sys.exit(f"get_caseops: {msg}")
 
 
+def link(target: Path, where: Path) -> None:
+    """A symbolic link at `where` to `target` (an older link or file there is replaced)."""
+    if where.is_symlink() or where.exists():
+        where.unlink()
+    where.symlink_to(target.resolve())
+
+
 def download(data: Path, train_shards: int) -> None:
-    """The validation shards, their sidecars, the first train_shards train shards and the tokenizer, moved into
-    data/datasets/NAME and data/tokenizers."""
+    """The validation shards, their sidecars, the first train_shards train shards and the tokenizer, fetched into
+    data/caseops_download and linked from data/datasets/NAME and data/tokenizers."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         fail("needs huggingface_hub: pip install huggingface_hub")
-    staging = data / ".caseops_download"
+    fetched = data / "caseops_download"
     patterns = [f"datasets/datasets/{NAME}/fineweb_val_*", f"datasets/tokenizers/{TOKENIZER}"]
     patterns += [f"datasets/datasets/{NAME}/fineweb_train_{i:06d}.bin" for i in range(train_shards)]
-    snapshot_download(repo_id=REPO, repo_type="dataset", local_dir=str(staging), allow_patterns=patterns, max_workers=8)
+    try:
+        snapshot_download(repo_id=REPO, repo_type="dataset", local_dir=str(fetched), allow_patterns=patterns, max_workers=8)
+    except Exception as e:  # network, authentication, a repository that moved: one line
+        fail(f"could not download {REPO}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    shards = sorted((fetched / "datasets" / "datasets" / NAME).glob("fineweb_*.bin"))
+    tokenizer = fetched / "datasets" / "tokenizers" / TOKENIZER
+    if not shards or not tokenizer.is_file():
+        fail(f"the download in {fetched} lacks {'the shards' if not shards else TOKENIZER}: has {REPO} changed its layout?")
     out = data / "datasets" / NAME
     out.mkdir(parents=True, exist_ok=True)
     (data / "tokenizers").mkdir(parents=True, exist_ok=True)
-    for f in sorted((staging / "datasets" / "datasets" / NAME).glob("fineweb_*.bin")):
-        os.replace(f, out / f.name)
-    os.replace(staging / "datasets" / "tokenizers" / TOKENIZER, data / "tokenizers" / TOKENIZER)
-    shutil.rmtree(staging, ignore_errors=True)
+    for f in shards:
+        link(f, out / f.name)
+    link(tokenizer, data / "tokenizers" / TOKENIZER)
 
 
 def check(folder: Path, tokenizer: Path, train_shards: int) -> str:
@@ -70,6 +84,9 @@ def check(folder: Path, tokenizer: Path, train_shards: int) -> str:
     vals = sorted(folder.glob("fineweb_val_[0-9]*.bin"))
     if not vals:
         fail(f"no validation shards in {folder}")
+    extra = {p.name for p in folder.glob("fineweb_val_bytes_*.bin")} - {v.name.replace("val_", "val_bytes_") for v in vals}
+    if extra:
+        fail(f"{folder} has byte sidecars without their validation shard: {sorted(extra)[:3]}")
     tokens = []
     nbytes = []
     try:
@@ -83,7 +100,7 @@ def check(folder: Path, tokenizer: Path, train_shards: int) -> str:
                 fail(f"{side} holds {len(nbytes[-1])} values for the {len(tokens[-1])} tokens of {v.name}")
         trains = sorted(folder.glob("fineweb_train_[0-9]*.bin"))
         for t in trains:
-            read_shard(t)
+            shard_length(t)  # the header and the file's size
     except ValueError as e:
         fail(str(e))
     tokens = np.concatenate(tokens)

@@ -128,6 +128,8 @@ def encode_caseops(sp, docs) -> tuple[np.ndarray, np.ndarray]:
     for doc, n in zip(docs, nbytes):
         if sum(n) > len(doc.encode("utf-8")):
             raise ValueError(f"pieces cover {sum(n)} original bytes of a {len(doc.encode('utf-8'))}-byte document")
+        if max(n, default=0) > 65535:
+            raise ValueError(f"a piece covers {max(n)} original bytes, more than the uint16 sidecar holds")
     return with_bos(ids, sp.bos_id()), with_bos(nbytes, 0)
 
 
@@ -151,8 +153,8 @@ def write_shard(path, tokens):
         raise
 
 
-def read_shard(path):
-    """Read a shard, validating magic, version and file size; raises ValueError naming the file."""
+def shard_length(path) -> int:
+    """A shard's token count, validating magic, version and file size; raises ValueError naming the file."""
     path = Path(path)
     size = path.stat().st_size
     if size < HEADER_BYTES:
@@ -164,7 +166,12 @@ def read_shard(path):
     n = int(header[2])
     if size != HEADER_BYTES + 2 * n:
         raise ValueError(f"{path}: size {size} bytes != {HEADER_BYTES} + 2*{n} tokens")
-    return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES)
+    return n
+
+
+def read_shard(path):
+    """Read a shard, validating magic, version and file size; raises ValueError naming the file."""
+    return np.fromfile(path, dtype="<u2", count=shard_length(path), offset=HEADER_BYTES)
 
 
 def write_split(out_dir, split, tokens, shard_tokens):
@@ -299,10 +306,11 @@ def check_tokenizer(path: str, vocab_size: int | None, use_caseops: bool = False
     if sp.encode(" "):
         fail(f"{path} keeps spaces as pieces (remove_extra_whitespaces off): train_gpt.py's byte count would "
              f"miss some; the challenge's tokenizers collapse them")
-    if use_caseops != is_caseops_tokenizer(sp):
-        fail(f"{path} is {'' if is_caseops_tokenizer(sp) else 'not '}a CaseOps tokenizer (markers U+E001..U+E004 as ids 4..7), "
-             f"and --caseops is {'on' if use_caseops else 'off'}: a CaseOps tokenizer needs --caseops (data/train_tokenizer.py "
-             f"--caseops makes one)")
+    if use_caseops and not is_caseops_tokenizer(sp):
+        fail(f"--caseops needs a CaseOps tokenizer (markers U+E001..U+E004 as ids 4..7; data/train_tokenizer.py --caseops "
+             f"makes one), and {path} is not one")
+    if is_caseops_tokenizer(sp) and not use_caseops:
+        fail(f"{path} is a CaseOps tokenizer: it needs --caseops (the text transformed, and the byte sidecar)")
     return sp
 
 
@@ -325,6 +333,11 @@ def main(argv=None):
     ap.add_argument("--vocab-size", type=int, help="fail unless the tokenizer has this vocab size")
     args = ap.parse_args(argv)
     sp = check_tokenizer(args.tokenizer, args.vocab_size, args.caseops)
+    if args.caseops:
+        try:
+            import google.protobuf  # noqa: F401
+        except ImportError:
+            fail("--caseops needs protobuf (pip install protobuf): SentencePiece gives each piece's slice of the text through it")
     if args.val_docs < 1:
         fail(f"zero validation documents (--val-docs {args.val_docs})")
     if args.val_docs != OFFICIAL_VAL_DOCS and not args.own_corpus:
@@ -351,11 +364,14 @@ def main(argv=None):
     try:
         docs = (d for path in args.inputs for d in iter_documents(path))
         tasks = batches(docs, args.val_docs, stats, args.batch_bytes)
-        for split, (tokens, nbytes), n in encoded(tasks, args.tokenizer, args.workers, args.caseops):
-            writers[split].add(tokens, n)
-            if nbytes is not None:
-                sidecar.add(nbytes, n)
-                stats["val_original_bytes"] += int(nbytes.sum())
+        try:
+            for split, (tokens, nbytes), n in encoded(tasks, args.tokenizer, args.workers, args.caseops):
+                writers[split].add(tokens, n)
+                if nbytes is not None:
+                    sidecar.add(nbytes, n)
+                    stats["val_original_bytes"] += int(nbytes.sum())
+        except ValueError as e:  # a document the sidecar cannot count (from encode_caseops, in any worker)
+            fail(str(e))
             if time.time() - last > 60:
                 last = time.time()
                 done = sum(w.docs for w in writers.values())

@@ -147,7 +147,7 @@ def test_the_data_tools_refuse_a_split_that_would_train_on_validation_documents(
     assert r.returncode != 0 and "needs --caseops" in r.stderr  # a CaseOps tokenizer on untransformed text
     r = tool("prepare_text.py", src, "--caseops", "--tokenizer", ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model",
              "--out", tmp_path / "o", "--own-corpus", "--val-docs", 5)
-    assert r.returncode != 0 and "is not a CaseOps tokenizer" in r.stderr
+    assert r.returncode != 0 and "needs a CaseOps tokenizer" in r.stderr
 
 
 def test_a_run_on_the_canonical_layout_scores_by_its_sidecar(caseops_data, tmp_path):
@@ -237,3 +237,26 @@ def test_get_caseops_checks_a_copy_laid_out_as_the_canonical_export(caseops_data
         gc.check(broken, tok, 1)
     with pytest.raises(SystemExit, match="not a CaseOps tokenizer"):
         gc.check(folder, ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model", 1)
+
+
+def test_the_benches_evaluation_scores_caseops_data_by_its_sidecar(tg, caseops_data):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ttt_sweep import validation
+    h = tg.Hyperparameters(data_path=str(caseops_data.out), tokenizer_path=str(caseops_data.tok), train_seq_len=64)
+    val, nbytes = validation(h)
+    sides = sorted(caseops_data.out.glob("fineweb_val_bytes_*.bin"))
+    original = np.concatenate([np.fromfile(s, "<u2", offset=1024) for s in sides]).astype(np.int64)
+    assert nbytes.tolist() == original[1:val.numel()].tolist()
+    with pytest.raises(SystemExit, match="is a CaseOps tokenizer"):
+        validation(h, str(caseops_data.out / "fineweb_val_[0-9]*.bin"))
+
+
+def test_a_plain_prep_over_a_caseops_one_removes_its_sidecars(caseops_data, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(caseops_data.out, out)
+    assert list(out.glob("fineweb_val_bytes_*.bin"))
+    r = tool("prepare_text.py", caseops_data.src, "--tokenizer", ROOT / "data" / "tokenizers" / "fineweb_1024_bpe.model",
+             "--out", out, "--own-corpus", "--val-docs", len(caseops_data.val), "--shard-tokens", 100000)
+    assert r.returncode == 0, r.stderr
+    assert not list(out.glob("fineweb_val_bytes_*.bin")) and len(list(out.glob("fineweb_val_[0-9]*.bin"))) == 1
+    assert "removed" in r.stderr and "val_bytes shard" in r.stderr

@@ -75,7 +75,7 @@ def test_one_seed_builds_the_folder(tmp_path):
     text = (folder / "README.md").read_text()
     assert text.startswith("# My Entry: v2!\n") and "**val_bpb 2.24206643** (seed 42)" in text
     assert f"| total | {len(SCRIPT) + BASE['bytes_model']:,} |" in text and "| cap | 16,000,000" in text
-    assert "SEED=42 torchrun --standalone --nproc_per_node=1 train_gpt.py" in text
+    assert re.search(r"^SEED=42 DATA_PATH=\S+ TOKENIZER_PATH=\S+ torchrun --standalone --nproc_per_node=1 train_gpt.py$", text, re.M)
     row = [f"{BASE[k]:.8f}" for k in ("sliding_val_bpb", "roundtrip_val_bpb", "prequant_val_bpb")]
     row += [str(BASE["steps"]), f"{BASE['train_time_s']:.2f}", f"{BASE['eval_time_s']:.2f}"]
     assert "| 42 | 2.24206643 | " + " | ".join(row) + " |" in text
@@ -109,7 +109,7 @@ def test_three_seeds_write_the_table_logs_and_mean(tmp_path):
     assert f"**val_bpb {sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}** (mean ± sample std over 3 seeds)" in text
     for seed, bpb in scores.items():
         assert f"| {seed} | {bpb:.8f} |" in text
-        assert f"SEED={seed} torchrun --standalone --nproc_per_node=1 train_gpt.py" in text
+        assert re.search(rf"^SEED={seed} DATA_PATH=\S+ TOKENIZER_PATH=\S+ torchrun --standalone --nproc_per_node=1 train_gpt.py$", text, re.M)
     assert "https://example.org/entry" in text
 
 

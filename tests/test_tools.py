@@ -15,6 +15,8 @@ import estimate_h100 as est  # noqa: E402
 import significance as sig  # noqa: E402
 from logparse import final_result, parse_log  # noqa: E402
 
+SP1024 = {"VOCAB_SIZE": "1024"}  # the anchor's vocabulary (the estimator's default is the main job's, 8192)
+
 
 def write_log(path, seed=1, run_id="synthetic", shift=0.0, finals=("roundtrip", "sliding", "ttt")):
     hp = {"seed": seed, "num_layers": 11, "model_dim": 512, "train_seq_len": 2048,
@@ -71,22 +73,22 @@ def test_parse_log_partial(tmp_path):
 
 # ---------------------------------------------------------------- estimator
 def test_params_at_defaults():
-    cfg = est.load_config(env={})
+    cfg = est.load_config(env=SP1024)
     assert 25e6 < est.matmul_params(cfg) < 29e6
     assert 25e6 < est.total_params(cfg) < 29e6
 
 
 def test_anchor_reproduced():
-    r = est.estimate(est.load_config(env={}))
+    r = est.estimate(est.load_config(env=SP1024))
     one = next(s for s in r["scenarios"] if s["factor"] == 1.0)
     assert one["step_ms"] == pytest.approx(83.4, rel=1e-9)
-    fwd, train = est.flops_per_token(est.load_config(env={}))
+    fwd, train = est.flops_per_token(est.load_config(env=SP1024))
     assert train == pytest.approx(3 * fwd)
 
 
 def test_double_batch_doubles_step_time():
-    a = est.estimate(est.load_config(env={}))
-    b = est.estimate(est.load_config(env={"TRAIN_BATCH_TOKENS": "1572864"}))
+    a = est.estimate(est.load_config(env=SP1024))
+    b = est.estimate(est.load_config(env={**SP1024, "TRAIN_BATCH_TOKENS": "1572864"}))
     for sa, sb in zip(a["scenarios"], b["scenarios"]):
         assert sb["step_ms"] == pytest.approx(2 * sa["step_ms"])
 
@@ -158,7 +160,7 @@ def test_plot_writes_png(tmp_path):
 def test_estimator_uses_measured_gpu_figures(tmp_path):
     m = dict(step_ms=800.0, qat_step_ms=1000.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1.5e5,
              ttt_step_ms=80.0, export_s=30.0, lora_step_ms=250.0)
-    r = est.estimate(est.load_config(env={}), m)
+    r = est.estimate(est.load_config(env=SP1024), m)
     nom, pes = r["scenarios"][1], r["scenarios"][2]
     assert nom["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25)
     assert pes["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25 * est.MEASURED_PESSIMISM)
@@ -176,7 +178,7 @@ def test_a_check_recurrent_from_step_0_prices_plain_steps_by_flops_and_shows_its
     m = dict(step_ms=None, recur_step_ms=900.0, qat_step_ms=990.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1e5,
              export_s=15.0, lora_step_ms=130.0, device="GPU X",
              peak_memory={"training": dict(allocated_gib=30.6, reserved_gib=42.5)})
-    r = est.estimate(est.load_config(env={}), m)
+    r = est.estimate(est.load_config(env=SP1024), m)
     nom = r["scenarios"][1]
     assert nom["step_ms"] == pytest.approx(900.0 / r["recur_ratio"] / 8 * est.MULTI_GPU_OVERHEAD)
     assert nom["recur_ratio"] == pytest.approx(r["recur_ratio"]) and nom["qat_ratio"] == pytest.approx(1.1)
@@ -189,26 +191,26 @@ def test_a_check_recurrent_from_step_0_prices_plain_steps_by_flops_and_shows_its
 
 def test_qat_steps_shorten_training_to_stay_in_the_wall_clock():
     fixed = {"RECUR_LAYERS": "", "WARMDOWN_ITERS": "3500"}
-    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", **fixed})
+    cfg = est.load_config(env={**SP1024, "GPTQ_CALIB_SEQS": "0", **fixed})
     plain = est.train_steps(0.1, 1.0, cfg)
     slow = est.train_steps(0.1, 1.5, cfg)
     assert plain in (5999, 6000) and plain - slow in (262, 263)  # 525 QAT steps at +50%: 262.5 steps' time
-    reserved = est.train_steps(0.1, 1.0, est.load_config(env=fixed))  # 2 s kept for GPTQ calibration
+    reserved = est.train_steps(0.1, 1.0, est.load_config(env={**SP1024, **fixed}))  # 2 s kept for GPTQ calibration
     assert plain - reserved in (19, 20, 21)
 
 
 def test_calibration_estimate_fits_its_reserve_with_room():
-    cfg = est.load_config(env={})
+    cfg = est.load_config(env=SP1024)
     d, hid = cfg["model_dim"], cfg["mlp_hidden"]
     assert est.hessian_elements(cfg) == 11 * (5 * d * d + hid * hid) + 128 ** 2 + 128 ** 2 + d * d
     for s in est.estimate(cfg)["scenarios"]:
         assert 0 < 2.5 * s["calib_s"] <= cfg["gptq_reserve_seconds"]  # the stated margin
-    assert est.estimate(est.load_config(env={"GPTQ_CALIB_SEQS": "0"}))["scenarios"][1]["calib_s"] == 0
+    assert est.estimate(est.load_config(env={**SP1024, "GPTQ_CALIB_SEQS": "0"}))["scenarios"][1]["calib_s"] == 0
 
 
 def test_recurrence_costs_its_extra_layers_from_the_switch_on():
-    plain = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "", "WARMDOWN_ITERS": "3500"})
-    cfg = est.load_config(env={"GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "4,5", "RECUR_START_FRAC": "0.5", "WARMDOWN_ITERS": "3500"})
+    plain = est.load_config(env={**SP1024, "GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "", "WARMDOWN_ITERS": "3500"})
+    cfg = est.load_config(env={**SP1024, "GPTQ_CALIB_SEQS": "0", "RECUR_LAYERS": "4,5", "RECUR_START_FRAC": "0.5", "WARMDOWN_ITERS": "3500"})
     fwd, _ = est.flops_per_token(cfg)
     fwd_r, _ = est.flops_per_token(cfg, recur=True)
     assert fwd == est.flops_per_token(plain)[0] and 1.15 < fwd_r / fwd < 2 / 11 + 1  # + 2 of 11 layers, not the head
@@ -234,7 +236,7 @@ def test_significance_compares_any_metric_and_pairs_seeds(tmp_path):
 def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
     m = dict(step_ms=800.0, recur_step_ms=900.0, qat_step_ms=1080.0, standard_eval_tok_s=4e6,
              sliding_eval_tok_s=1.5e5, ttt_step_ms=80.0, export_s=30.0)
-    cfg = est.load_config(env={"RECUR_LAYERS": "4,5"})
+    cfg = est.load_config(env={**SP1024, "RECUR_LAYERS": "4,5"})
     nom = est.estimate(cfg, m)["scenarios"][1]
     assert nom["recur_ratio"] == pytest.approx(900 / 800) and nom["qat_ratio"] == pytest.approx(1080 / 900)
     assert nom["train_s"] <= 600 - est.DEFAULTS["gptq_reserve_seconds"] and est.estimate(cfg)["scenarios"][1]["recur_ratio"] > 1.15  # FLOPs without a measurement
@@ -243,7 +245,7 @@ def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
 def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     h = tg.Hyperparameters()
     shared = [k for k in est.DEFAULTS if hasattr(h, k) and k not in ("iterations", "vocab_size")]  # estimator: wall
-    assert h.vocab_size == 0 and est.DEFAULTS["vocab_size"] == 1024  # clock only; the script: the tokenizer's, sp1024's
+    assert h.vocab_size == 0 and est.DEFAULTS["vocab_size"] == 8192  # the script: the tokenizer's, the default one's 8192
     assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
     with torch.device("meta"):
         for env in ({"VOCAB_SIZE": "1024"}, {"VOCAB_SIZE": "8192", "VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
@@ -255,7 +257,7 @@ def test_lora_eval_estimate_follows_the_scripts_plan_and_fits():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conftest import load_tg
     tg = load_tg()
-    cfg = est.load_config(env={"TRAIN_SEQ_LEN": "64", "TTT_LORA_CHUNK": "16", "TTT_LORA_DOCS": "3"})
+    cfg = est.load_config(env={**SP1024, "TRAIN_SEQ_LEN": "64", "TTT_LORA_CHUNK": "16", "TTT_LORA_DOCS": "3"})
     lengths = [5, 700, 64, 17, 300, 16, 33, 2, 129, 90, 48, 256, 1]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     spans = [(a, a + m) for a, m in zip(starts, lengths)]
@@ -265,9 +267,9 @@ def test_lora_eval_estimate_follows_the_scripts_plan_and_fits():
     lens = est.doc_lengths(62021632)
     assert len(lens) == 50_000 and abs(sum(lens) - 62021632) < 100 and max(lens) == 123566
     assert 700 < sorted(lens)[25_000] < 800 and 0.1 < sum(x > 2048 for x in lens) / 50_000 < 0.2  # ~14% (PR #1354)
-    r = est.estimate(est.load_config(env={}))
+    r = est.estimate(est.load_config(env=SP1024))
     assert r["ttt_steps"] == sum(k for _, _, k in r["lora_plan"]) and r["scenarios"][2]["eval_s"] <= est.EVAL_TARGET_S
-    chunked = est.estimate(est.load_config(env={"TTT_MODE": "chunk"}))
+    chunked = est.estimate(est.load_config(env={**SP1024, "TTT_MODE": "chunk"}))
     assert "ttt_training" in chunked["eval_flops"] and "lora_ttt" not in chunked["eval_flops"]
 
 
@@ -369,15 +371,17 @@ def test_memory_compiled_estimate_saves_less_than_eager(one_thread):
     assert 0 < compiled["train step + recurrence"] < part["saved train step + recurrence"]  # pointwise ops recomputed
 
 
-def test_another_vocabulary_prices_its_validation_tokens_documents_and_logits():
-    c1, c8 = est.load_config(env={}), est.load_config(env={"VOCAB_SIZE": "8192", "TOKENIZER_PATH": "fineweb_8192_bpe.model"})
+def test_another_vocabulary_prices_its_validation_tokens_documents_and_logits(tg):
+    c1, c8 = est.load_config(env=SP1024), est.load_config(env={**SP1024, "VOCAB_SIZE": "8192", "TOKENIZER_PATH": "fineweb_8192_bpe.model"})
     assert (c1["val_tokens"], c8["val_tokens"]) == (est.SP1024_VAL_TOKENS, 40_540_160)
-    caseops = est.load_config(env={"VOCAB_SIZE": "8192"})  # the default tokenizer: the CaseOps route's
+    caseops = est.load_config(env={})  # the default: the CaseOps route's
     assert caseops["val_tokens"] == 47_851_520 and (caseops["embed_bits"], caseops["bigram_buckets"], caseops["ve_layers"]) == (7, 4096, 0)
-    assert est.load_config(env={"VOCAB_SIZE": "8192", "VE_LAYERS": "2"})["ve_layers"] == 2  # set: kept
-    assert est.load_config(env={"VOCAB_SIZE": "8192", "VAL_TOKENS": "1000"})["val_tokens"] == 1000
-    assert est.load_config(env={}, hparams={"vocab_size": 0})["vocab_size"] == 1024  # a log's 0: the tokenizer's
-    assert est.load_config(env={}, hparams={"vocab_size": 4096})["val_tokens"] == 45_508_608
+    assert est.load_config(env={"VE_LAYERS": "2"})["ve_layers"] == 2  # set: kept
+    for v in (300, 1024, 2048, 4096, 8192, 10240):  # the script's rows, read from its source
+        assert est.vocab_settings(est.script_settings()[0], v) == tg.vocab_settings(v)
+    assert est.load_config(env={**SP1024, "VOCAB_SIZE": "8192", "VAL_TOKENS": "1000"})["val_tokens"] == 1000
+    assert est.load_config(env=SP1024, hparams={"vocab_size": 0})["vocab_size"] == 1024  # a log's 0: the tokenizer's
+    assert est.load_config(env=SP1024, hparams={"vocab_size": 4096})["val_tokens"] == 45_508_608
     l1, l8 = est.doc_lengths(c1["val_tokens"]), est.doc_lengths(c8["val_tokens"])
     assert abs(sum(l8) - c8["val_tokens"]) < 1e-3 * c8["val_tokens"] and len(l8) == len(l1) == 50_000
     assert max(l8) == round(max(l1) * c8["val_tokens"] / c1["val_tokens"])  # the same documents, fewer tokens

@@ -1,11 +1,11 @@
 """ESTIMATE (from FLOPs, not a measurement) of the 8xH100 time budget for a configuration.
 
 Usage:  python tools/estimate_h100.py [--log train.log] [--gpu-check gpu_check.json] [--no-memory]
-        VOCAB_SIZE=8192 python tools/estimate_h100.py    # the main job: SP8192 CaseOps
-Configuration: the training script's defaults at sp1024 (the anchor's vocabulary), overridden by its
-environment variables (NUM_LAYERS, MODEL_DIM, ... , VAL_TOKENS), overridden by the `hparams` JSON of --log;
-then, as train_gpt.py does, the vocabulary's settings (its VOCAB_SETTINGS) where neither sets them, and the
-validation tokens of the vocabulary's route (CaseOps when the tokenizer's name says so, as the default's does).
+Configuration: the training script's defaults (the main job: SP8192 CaseOps), overridden by its environment
+variables (NUM_LAYERS, MODEL_DIM, ... , VOCAB_SIZE, TOKENIZER_PATH, VAL_TOKENS), overridden by the `hparams`
+JSON of --log; the vocabulary's settings where neither sets them, as train_gpt.py gives them (its
+VOCAB_SETTINGS, read from its source), and the validation tokens of the route (CaseOps when the tokenizer's
+file name says so, as the default's does). VOCAB_SIZE=1024 prices the sp1024 route.
 
 Model: forward FLOPs/token = 2 * matmul params + per layer 2*2*seq*d*0.5 (causal attention);
 training FLOPs/token = 3 * forward. The MFU is calibrated on one published anchor
@@ -27,6 +27,7 @@ Then (unless --no-memory) the PEAK MEMORY per rank of every phase, from tools/me
 on CPU with fake tensors; its docstring says how), and whether every phase is <= 72 GiB.
 """
 import argparse
+import ast
 import json
 import math
 import os
@@ -41,9 +42,11 @@ SP1024_VAL_TOKENS = 62_021_632  # the scored validation tokens of the official s
 # overrides, an unlisted vocabulary keeps sp1024's (more work)
 VAL_TOKENS_BY_ROUTE = {(1024, False): SP1024_VAL_TOKENS, (4096, False): 45_508_608, (8192, False): 40_540_160,
                        (8192, True): 47_851_520}
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_gpt.py")
 DEFAULTS = dict(
     num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_hidden=1536,
-    vocab_size=1024, bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
+    vocab_size=8192,  # the default tokenizer's (the script's 0: the tokenizer's); the four below are the script's sp1024 values
+    bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=SP1024_VAL_TOKENS,
@@ -96,6 +99,23 @@ def _coerce(key, value):
     return float(value) if isinstance(ref, float) else int(float(value))
 
 
+def script_settings():
+    """(VOCAB_SETTINGS, the default TOKENIZER_PATH) of train_gpt.py, read from its source (no torch needed)."""
+    tree = ast.parse(open(SCRIPT, encoding="utf-8").read())
+    rows = tokenizer = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["VOCAB_SETTINGS"]:
+            rows = ast.literal_eval(node.value)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "tokenizer_path":
+            tokenizer = ast.literal_eval(node.value)
+    return rows, tokenizer
+
+
+def vocab_settings(rows, vocab):
+    """The row of the largest vocabulary not above `vocab` (the first row below all), as train_gpt.vocab_settings."""
+    return ([settings for size, settings in rows if vocab >= size] or [rows[0][1]])[-1]
+
+
 def load_config(env=None, hparams=None):
     """The script's defaults < environment variables < hparams dict (e.g. from a log)."""
     env = os.environ if env is None else env
@@ -105,13 +125,12 @@ def load_config(env=None, hparams=None):
             cfg[key] = _coerce(key, env[key.upper()])
     hp = {k.lower(): v for k, v in (hparams or {}).items()}
     vocab = int(hp.get("vocab_size") or cfg["vocab_size"])
-    from memory_estimate import load_tg
-    tg = load_tg()
-    tokenizer = hp.get("tokenizer_path") or env.get("TOKENIZER_PATH") or tg.Hyperparameters().tokenizer_path
+    rows, default_tokenizer = script_settings()
+    tokenizer = hp.get("tokenizer_path") or env.get("TOKENIZER_PATH") or default_tokenizer
     if "VAL_TOKENS" not in env and not hp.get("val_tokens"):
         route = (vocab, "caseops" in os.path.basename(tokenizer))
         cfg["val_tokens"] = VAL_TOKENS_BY_ROUTE.get(route, VAL_TOKENS_BY_ROUTE.get((vocab, False), SP1024_VAL_TOKENS))
-    for key, value in tg.vocab_settings(vocab).items():
+    for key, value in vocab_settings(rows, vocab).items():
         if key.upper() not in env:
             cfg[key] = value
     if "mlp_hidden" not in hp and "mlp_mult" in hp:
@@ -183,7 +202,7 @@ def logit_seconds(cfg, tokens, kind, base=1024):
 
 
 def anchor_mfu():
-    _, train = flops_per_token(DEFAULTS)
+    _, train = flops_per_token(dict(DEFAULTS, vocab_size=1024))  # PR #549's shape: sp1024
     return train * ANCHOR_BATCH / (GPUS * PEAK_FLOPS * ANCHOR_STEP_S)
 
 

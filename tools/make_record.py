@@ -302,7 +302,8 @@ def readme(sub, runs, source):
     lines += ["", "## Command", "", "```bash", "pip install -r requirements.txt"]
     for run in runs:
         rec = run["record"]
-        lines.append(f"SEED={rec['seed']} torchrun --standalone --nproc_per_node={rec['world_size']} train_gpt.py")
+        lines.append(f"SEED={rec['seed']} DATA_PATH={hp['data_path']} TOKENIZER_PATH={hp['tokenizer_path']} "
+                     f"torchrun --standalone --nproc_per_node={rec['world_size']} train_gpt.py")
     lines += ["```", "", "Each log's `hparams` line lists every hyperparameter its run used. "
               f"`train_gpt.py` is the script that ran ({sub['bytes_code']:,} bytes, sha256 `{sub['code_sha256']}`)."]
     lines += ["", "## What it does", "", sub["blurb"] or "-"]
