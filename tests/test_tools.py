@@ -18,9 +18,10 @@ from logparse import final_result, parse_log  # noqa: E402
 SP1024 = {"VOCAB_SIZE": "1024"}  # the anchor's vocabulary (the estimator's default is the main job's, 8192)
 
 
-def write_log(path, seed=1, run_id="synthetic", shift=0.0, finals=("roundtrip", "sliding", "ttt")):
+def write_log(path, seed=1, run_id="synthetic", shift=0.0, finals=("roundtrip", "sliding", "ttt"), bpb_shift=0.0,
+              tokenizer="t.model"):
     hp = {"seed": seed, "num_layers": 11, "model_dim": 512, "train_seq_len": 2048,
-          "train_batch_tokens": 786432, "run_id": run_id}
+          "train_batch_tokens": 786432, "run_id": run_id, "tokenizer_path": tokenizer}
     lines = [f"hparams {json.dumps(hp)}", "model_params:27288668", "some unrelated line"]
     for s in range(10, 60, 10):
         lines.append(f"step:{s}/50 train_loss:{6.0 - s / 20:.4f} train_time:{s * 1000}ms "
@@ -31,7 +32,7 @@ def write_log(path, seed=1, run_id="synthetic", shift=0.0, finals=("roundtrip", 
     if "roundtrip" in finals:
         lines.append(f"final_int5_zstd_roundtrip_exact val_loss:{3.52 + shift:.6f} val_bpb:2.0900")
     if "sliding" in finals:
-        lines.append(f"final_sliding_exact val_loss:{3.50 + shift:.6f} val_bpb:2.0800")
+        lines.append(f"final_sliding_exact val_loss:{3.50 + shift:.6f} val_bpb:{2.08 + bpb_shift:.6f}")
     if "ttt" in finals:
         for i in range(1, 5):
             lines.append(f"ttt_chunk [{i}/4] bpb={2.10 - i / 100:.4f} time={i * 3.1:.1f}s")
@@ -231,6 +232,18 @@ def test_significance_compares_any_metric_and_pairs_seeds(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "final_sliding_exact" in out.stdout and "legal_ttt_exact" not in out.stdout
     assert "paired by seed [1, 2, 3]: improvements (nats) +0.01000 +0.01600 +0.00400" in out.stdout
+
+
+def test_significance_across_tokenizers_tests_bpb_and_refuses_nats(tmp_path):
+    new = [write_log(tmp_path / f"c{s}.log", seed=s, shift=-0.3, bpb_shift=d, tokenizer="caseops.model")
+           for s, d in [(1, -0.010), (2, -0.012), (3, -0.008)]]
+    base = [write_log(tmp_path / f"p{s}.log", seed=s, bpb_shift=d) for s, d in [(1, 0.0), (2, 0.004), (3, -0.004)]]
+    out = run("significance.py", *new, "--baseline-logs", *base, "--metric", "sliding", "--margin", "0")
+    assert out.returncode == 2 and "use --unit bpb" in out.stdout
+    out = run("significance.py", *new, "--baseline-logs", *base, "--metric", "sliding", "--margin", "0", "--unit", "bpb")
+    assert out.returncode == 0, out.stderr
+    assert "paired by seed [1, 2, 3]: improvements (bpb) +0.01000 +0.01600 +0.00400" in out.stdout
+    assert "improvement +0.01000 bpb" in out.stdout
 
 
 def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
