@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-import caseops
-from prepare_text import read_shard, shard_length
+from prepare_text import is_caseops_tokenizer, read_shard, shard_length
 
 REPO = "romeerp/parameter-golf-caseops-v1"
 NAME = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
@@ -79,7 +78,7 @@ def check(folder: Path, tokenizer: Path, train_shards: int) -> str:
     if not tokenizer.is_file():
         fail(f"tokenizer not found: {tokenizer}")
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    if sp.vocab_size() != VOCAB or [sp.id_to_piece(i) for i in caseops.MARKER_IDS] != list(caseops.MARKERS):
+    if sp.vocab_size() != VOCAB or not is_caseops_tokenizer(sp):
         fail(f"{tokenizer} is not a CaseOps tokenizer of {VOCAB} pieces (markers U+E001..U+E004 as ids 4..7)")
     vals = sorted(folder.glob("fineweb_val_[0-9]*.bin"))
     if not vals:
