@@ -56,7 +56,7 @@ class Hyperparameters:
     mlp_hidden: int = 1536
     num_heads: int = 8
     num_kv_heads: int = 4
-    bigram_buckets: int = 16384  # by the vocabulary unless set (VOCAB_SETTINGS): these four are sp1024's
+    bigram_buckets: int = 16384  # by the vocabulary unless set (VOCAB_SETTINGS): these five are sp1024's
     bigram_dim: int = 128
     ve_dim: int = 128
     ve_layers: int = 2  # value embeddings in the last N layers (by the vocabulary)
@@ -90,15 +90,26 @@ class Hyperparameters:
     # evaluation and TTT
     eval_stride: int = 64
     eval_batch_seqs: int = 32
+    eval_seq_len: int = 0  # the sliding eval's and TTT's context (0: TRAIN_SEQ_LEN); longer extrapolates partial RoPE
     eval_margin_seconds: float = 15.0  # the TTT guard aims at MAX_EVAL_SECONDS minus this margin
     ttt_enabled: int = 1  # per-document LoRA TTT
     ttt_epochs: int = 3  # 0: scoring only
     ttt_log_every: int = 1
-    ttt_lora_rank: int = 64
-    ttt_lora_lr: float = 2e-4
-    ttt_lora_wd: float = 0.5
-    ttt_lora_chunk: int = 128  # tokens
-    ttt_lora_docs: int = 64  # documents per rank and batch at window L (x L/W at a window W; by the vocabulary)
+    ttt_lora_rank: int = 80
+    ttt_lora_alpha: float = 144.0  # the adapters' output is scaled by alpha / rank (a new rank alone: a new scale)
+    ttt_lora_targets: str = "q,v,o,mlp,head"  # of q, k, v, o, up, down, mlp, bigram, ve, head, all (lora_targets)
+    ttt_lora_warm_a: int = 1  # a row slot keeps its trained A for its next document (B always starts at 0)
+    ttt_lora_lr: float = 8e-5
+    ttt_lora_beta2: float = 0.99  # AdamW's betas are (0, this)
+    ttt_lora_wd: float = 2.0
+    ttt_lora_chunk: int = 112  # tokens (by the vocabulary): the smallest whose eval fits 540 s pessimistic (estimate_h100)
+    ttt_lora_chunk_schedule: str = ""  # "N:C,...": a batch whose longest document has <= N tokens takes chunks of C
+    ttt_lora_docs: int = 64  # documents per rank and batch at window E (x E/W at a window W; by the vocabulary)
+    ttt_phases: int = 1  # phased TTT: TTT_PHASE_DOCS documents scored in this many groups, each then learnt (global pass)
+    ttt_phase_docs: int = 2500  # the phases' documents, the longest first (TTT_EPOCHS=0: no global pass)
+    ttt_phase_lr: float = 0.001  # the global pass: SGD, cosine to 0
+    ttt_phase_momentum: float = 0.9
+    ttt_phase_batch_tokens: int = 32768  # tokens a global-pass step, all ranks
     # machinery
     compile: int = -1  # -1: torch.compile on CUDA only
     compile_cache_dir: str = ""  # inductor's caches, kept across runs ("": OUT_DIR/compile_cache)
@@ -125,13 +136,14 @@ class Hyperparameters:
         return h
 
 # Settings that follow the vocabulary unless their variable is set. A larger vocabulary's pieces hold much of
-# what the bigram table and the value embeddings learn at sp1024, its embedding is where precision pays, and
-# its LoRA head's logits take memory (docs/design.md, "Other vocabularies"). A tokenizer takes the row of
+# what the bigram table and the value embeddings learn at sp1024, its embedding is where precision pays, its
+# LoRA head's logits take memory, and its fewer validation tokens leave TTT room for smaller chunks
+# (docs/design.md, "Other vocabularies"). A tokenizer takes the row of
 # the largest vocabulary not above its own (the first row below 1024); the first row is the defaults above.
 VOCAB_SETTINGS = (  # literals: tools/estimate_h100.py reads them from this source
-    (1024, {"embed_bits": 5, "bigram_buckets": 16384, "ve_layers": 2, "ttt_lora_docs": 64}),
-    (4096, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 2, "ttt_lora_docs": 48}),
-    (8192, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 0, "ttt_lora_docs": 48}),
+    (1024, {"embed_bits": 5, "bigram_buckets": 16384, "ve_layers": 2, "ttt_lora_docs": 64, "ttt_lora_chunk": 112}),
+    (4096, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 2, "ttt_lora_docs": 48, "ttt_lora_chunk": 72}),
+    (8192, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 0, "ttt_lora_docs": 48, "ttt_lora_chunk": 72}),
 )
 
 def vocab_settings(vocab_size: int) -> dict:
@@ -151,6 +163,10 @@ def apply_vocab_settings(h: Hyperparameters) -> str:
             setattr(h, name, value)
             shown.append(f"{name.upper()}={value}")
     return f"vocab settings ({h.vocab_size} pieces): " + " ".join(shown)
+
+def eval_context(h: Hyperparameters) -> int:
+    """The sliding eval's and TTT's context: EVAL_SEQ_LEN, else the training one."""
+    return h.eval_seq_len or h.train_seq_len
 
 # ----------------------------------------------------------------------------- data & metric
 # Shards: 256 int32 header (magic, version, N) then N uint16 tokens. Training reads windows at
@@ -370,7 +386,7 @@ class CastedLinear(QATMixin, nn.Linear):
     def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
         super().__init__(fan_in, fan_out, bias=False)
         self.init_qat()
-        self.lora = None  # TTT adapters (A, B), one pair per row of the batch: attach_lora
+        self.lora = None  # TTT adapters (A, B, scale), a pair per row of the batch: Adapters
         if zero_init:
             nn.init.zeros_(self.weight)
 
@@ -378,8 +394,8 @@ class CastedLinear(QATMixin, nn.Linear):
         return lora_add(F.linear(x, self.qweight().to(x.dtype)), x, self.lora)
 
 def lora_add(y: torch.Tensor, x: torch.Tensor, ab) -> torch.Tensor:
-    """y + x A B per row of the batch: A (rows, in, r), B (rows, r, out); ab None: y."""
-    return y if ab is None else y + (x @ ab[0].to(x.dtype)) @ ab[1].to(x.dtype)
+    """y + x A B s per row of the batch: A (rows, in, r), B (rows, r, out), s a scale; ab None: y."""
+    return y if ab is None else y + (x @ ab[0].to(x.dtype)) @ ab[1].to(x.dtype) * ab[2]
 
 class QEmbedding(QATMixin, nn.Embedding):
     def __init__(self, num: int, dim: int, std: float, qmax: int = 15):
@@ -550,7 +566,7 @@ class GPT(nn.Module):
         self.recur = False  # switched on during training (a second compiled graph, primed)
         if self.recur_layers:  # ...and saved with the weights: the artifact says how it ran
             self.register_buffer("recur_on", torch.zeros(1))
-        cos, sin = rope_tables(h.train_seq_len, h.rope_dims, h.rope_base)
+        cos, sin = rope_tables(max(h.train_seq_len, eval_context(h)), h.rope_dims, h.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -1056,7 +1072,8 @@ def lora_shapes(seq_len: int) -> list[int]:
 def lora_batches(spans, seq_len: int, docs: int, world: int) -> list[tuple[int, int, list]]:
     """Documents cut into segments (lo, hi, start) of <= 4L targets (start: the document's), longest
     first, in global batches of one shape (W, R, segments): W the smallest of lora_shapes holding every
-    window, R = docs * L / W rows per rank (every shape: the same tokens per step); rank r takes [r::world]."""
+    window, R = docs * L / W rows per rank (every shape: the same tokens per step); rank r takes [r::world].
+    L here is the evaluation context (eval_context)."""
     segs = [(a, min(a + 4 * seq_len, hi), lo) for lo, hi in spans for a in range(lo, hi, 4 * seq_len)]
 
     def window(seg) -> int:  # the smallest shape holding the segment's last window (from its document's start)
@@ -1071,17 +1088,47 @@ def lora_batches(spans, seq_len: int, docs: int, world: int) -> list[tuple[int, 
         i += len(out[-1][2])
     return out
 
-def lora_modules(model: GPT) -> list[nn.Module]:
-    """What TTT adapters attach to: every CastedLinear, and the model itself (the output head)."""
-    return [m for m in model.modules() if isinstance(m, CastedLinear)] + [model]
+def parse_chunk_schedule(spec: str) -> list[tuple[int, int]]:
+    """TTT_LORA_CHUNK_SCHEDULE "N:C,...": (N, C) pairs, smallest N first (PR #2014's short-document chunks)."""
+    try:
+        pairs = sorted((int(n), int(c)) for n, c in (p.split(":") for p in spec.replace(" ", "").split(",") if p))
+    except ValueError:
+        pairs = [(0, 0)]
+    if any(min(n, c) < 1 for n, c in pairs):
+        raise RunError(f"TTT_LORA_CHUNK_SCHEDULE={spec!r} must be 'N:C,...' with N, C >= 1 (tokens)")
+    return pairs
 
-def lora_init(model: GPT, rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per adapted matrix a fixed A (uniform, +-1/sqrt(in)) and a zero B: alike for every document."""
-    g = torch.Generator().manual_seed(0)
-    dev = model.rope_cos.device
-    h = model.h
-    return [(((torch.rand(i, rank, generator=g) * 2 - 1) / i ** 0.5).to(dev), torch.zeros(rank, o, device=dev)) for i, o in
-            [(m.in_features, m.out_features) for m in lora_modules(model)[:-1]] + [(h.model_dim, h.vocab_size)]]
+def batch_chunk(length: int, default: int, schedule: list[tuple[int, int]]) -> int:
+    """The chunk of a batch whose longest document (to its segment's end) has `length` tokens: C of the
+    smallest N >= length in the schedule, else TTT_LORA_CHUNK."""
+    return next((c for n, c in schedule if length <= n), default)
+
+LORA_ROLES = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.proj", "up": "mlp.up", "down": "mlp.down",
+              "bigram": "bigram.proj", "ve": "ve_proj"}  # TTT_LORA_TARGETS' names -> the CastedLinear they adapt
+
+def lora_targets(spec: str) -> frozenset:
+    """TTT_LORA_TARGETS: comma-separated q, k, v, o (attention's output projection), up, down, mlp (both),
+    bigram, ve (the tables' projections), head (the tied output head), or all."""
+    names = set()
+    for t in spec.replace(" ", "").split(","):
+        if t == "all":
+            names |= {*LORA_ROLES, "head"}
+        elif t == "mlp":
+            names |= {"up", "down"}
+        elif t in LORA_ROLES or t == "head":
+            names.add(t)
+        elif t:
+            raise RunError(f"TTT_LORA_TARGETS={spec!r}: unknown target {t!r} (q, k, v, o, up, down, mlp, bigram, ve, head, all)")
+    if not names:
+        raise RunError(f"TTT_LORA_TARGETS={spec!r} names no target")
+    return frozenset(names)
+
+def lora_modules(model: GPT, targets: frozenset) -> list[nn.Module]:
+    """What TTT adapters attach to, in model order: the targets' CastedLinears, then (head) the model itself."""
+    roles = {LORA_ROLES[t] for t in targets if t in LORA_ROLES}
+    mods = [m for name, m in model.named_modules()
+            if isinstance(m, CastedLinear) and (".".join(name.split(".")[2:]) if name.startswith("blocks.") else name) in roles]
+    return mods + ([model] if "head" in targets else [])
 
 def mark_varying(tensors, dims: tuple[int, ...]) -> None:
     """Marks the sizes LoRA TTT varies between batches (rows, window) as dynamic for torch.compile, so one graph
@@ -1091,30 +1138,71 @@ def mark_varying(tensors, dims: tuple[int, ...]) -> None:
             if t.size(d) > 1:
                 torch._dynamo.mark_dynamic(t, d)
 
-def attach_lora(model: GPT, init, rows: int) -> list[torch.Tensor]:
-    """Fresh trainable adapters for `rows` documents, returned (init None: detached)."""
-    mods = lora_modules(model)
-    for m, ab in zip(mods, init or [None] * len(mods)):
-        m.lora = None if ab is None else tuple(t.expand(rows, *t.shape).clone().requires_grad_() for t in ab)
-    params = [t for m in mods for t in m.lora or ()]
-    mark_varying(params, (0,))
-    return params
+class Adapters:
+    """TTT's LoRA adapters on TTT_LORA_TARGETS, their output scaled by alpha / rank: per row of a batch an A
+    (in, r) and a B (r, out). B is zero at the start of every batch. A starts alike for every row (uniform
+    +-1/sqrt(in), a fixed seed); with TTT_LORA_WARM_A (PR #1767) a row slot keeps the A it trained for the
+    document it takes in the next batch on its rank, and A returns to its init at each phase (reset)."""
 
-def lora_batch(run_model, model: GPT, tokens, nll, spans, W: int, R: int, K: int, init, h: Hyperparameters,
-               adapt) -> None:
-    """Chunks 0..K-1 of R segments (padded with empty ones), a step each: each row's chunk scored in a window of
-    its document's last W tokens, then, while adapt(k), one AdamW step on the chunks' loss (not a segment's last)."""
+    def __init__(self, model: GPT, h: Hyperparameters, rows: int):
+        self.mods = lora_modules(model, lora_targets(h.ttt_lora_targets))
+        self.scale = h.ttt_lora_alpha / h.ttt_lora_rank
+        self.warm = bool(h.ttt_lora_warm_a)
+        self.rows = rows
+        g = torch.Generator().manual_seed(0)
+        dev = model.rope_cos.device
+        shapes = [(m.in_features, m.out_features) if m is not model else (h.model_dim, h.vocab_size) for m in self.mods]
+        self.init = [((torch.rand(i, h.ttt_lora_rank, generator=g) * 2 - 1) / i ** 0.5).to(dev) for i, _ in shapes]
+        self.outs = [o for _, o in shapes]
+        self.reset()
+
+    def reset(self) -> None:
+        """Every row slot's A back to the init."""
+        self.a = [a.expand(self.rows, *a.shape) for a in self.init]
+
+    def attach(self, rows: int) -> list[torch.Tensor]:
+        """Trainable adapters for `rows` documents on their modules, returned."""
+        params = []
+        for m, a, o in zip(self.mods, self.a, self.outs):
+            A = a[:rows].clone().requires_grad_()
+            B = torch.zeros(rows, a.size(-1), o, device=a.device, requires_grad=True)
+            m.lora = (A, B, self.scale)
+            params += [A, B]
+        mark_varying(params, (0,))
+        return params
+
+    def detach(self) -> None:
+        """Removes the adapters; with warm A, each slot's trained A stays for the next batch."""
+        for i, m in enumerate(self.mods):
+            if self.warm:
+                trained = m.lora[0].detach()
+                self.a[i] = torch.cat([trained, self.a[i][trained.size(0):]])
+            m.lora = None
+
+def lora_widths(spans, W: int, K: int, c: int) -> list[int]:
+    """The window of each step k < K: the widest any row needs to reach its chunk's end from its document's
+    start, at most W, at least min(2, W) (a size of 1 compiles apart). Short documents' early chunks need little."""
+    widths = []
+    for k in range(K):
+        reach = [min(W, a - d + min(b - a, (k + 1) * c)) for a, b, d in spans]
+        widths.append(max([min(2, W)] + reach))
+    return widths
+
+def lora_batch(run_model, model: GPT, tokens, nll, spans, W: int, R: int, K: int, c: int, adapters: Adapters,
+               h: Hyperparameters, adapt) -> None:
+    """Chunks 0..K-1 of c targets of R segments (padded with empty ones), a step each: each row's chunk scored in a
+    window of its document's last w <= W tokens (lora_widths: every row's whole document while it fits), then,
+    while adapt(k), one AdamW step on the chunks' loss (not a segment's last)."""
     n = nll.numel()
-    c = h.ttt_lora_chunk
     dev = tokens.device
     lo, m, s0 = torch.tensor([[a, b - a, d] for a, b, d in spans] + [[0, 0, 0]] * (R - len(spans)), device=dev).T
-    opt = torch.optim.AdamW(attach_lora(model, init, R), lr=h.ttt_lora_lr, betas=(0.0, 0.999), weight_decay=h.ttt_lora_wd)
+    opt = torch.optim.AdamW(adapters.attach(R), lr=h.ttt_lora_lr, betas=(0.0, h.ttt_lora_beta2), weight_decay=h.ttt_lora_wd)
     model.train()
     set_trainable(model, [])  # the adapters alone get gradients
-    for k in range(K):
+    for k, w in enumerate(lora_widths(spans, W, K, c)):
         t0 = lo + k * c  # this chunk's targets [t0, t1); empty once done
         t1 = lo + torch.clamp(m, max=(k + 1) * c)
-        idx = torch.maximum(s0, t1 - W)[:, None] + torch.arange(W, device=dev)  # the window's target indices
+        idx = torch.maximum(s0, t1 - w)[:, None] + torch.arange(w, device=dev)  # the window's target indices
         keep = (idx >= t0[:, None]) & (idx < t1[:, None])
         ids = idx.clamp(max=n - 1)
         adapting = k + 1 < K and adapt(k)  # K: the global batch's; a row without a later chunk weighs 0
@@ -1130,12 +1218,62 @@ def lora_batch(run_model, model: GPT, tokens, nll, spans, W: int, R: int, K: int
             opt.step()
             opt.zero_grad(set_to_none=True)
         del out  # this step's autograd graph (if any) is freed before the next step runs
-    attach_lora(model, None, 0)
+    adapters.detach()
     set_trainable(model, None)
+
+def phase_groups(spans, phases: int, prefix_docs: int) -> tuple[list[list], list]:
+    """Phased TTT's documents (PRs #1610, #1626): in TTT's order (longest first, then by position), the first
+    TTT_PHASE_DOCS cut into TTT_PHASES groups of equal counts, and the rest. No phase: ([], every document)."""
+    order = sorted(spans, key=lambda s: (s[0] - s[1], s[0]))
+    p = min(prefix_docs, len(order)) if phases > 0 else 0
+    cuts = [p * i // max(1, phases) for i in range(phases + 1)]
+    return [order[a:b] for a, b in zip(cuts, cuts[1:]) if b > a], order[p:]
+
+def phase_rows(h: Hyperparameters, world: int) -> int:
+    """Rows of the eval context per rank in each step of a phase's global pass."""
+    return max(1, h.ttt_phase_batch_tokens // (eval_context(h) * world))
+
+PHASE_CLIP_NORM = 1.0  # the global pass's gradient clip (PR #2135's)
+
+def phase_step(run_model, params: list, opt, x: torch.Tensor, y: torch.Tensor, world: int) -> None:
+    """One step of a phase's global pass: the base model's loss on this rank's rows, gradients averaged."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        loss = run_model(x, y)
+    loss.backward()
+    all_reduce_grads(params, world)
+    torch.nn.utils.clip_grad_norm_(params, PHASE_CLIP_NORM)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+def global_pass(run_model, model: GPT, tokens: torch.Tensor, docs, h: Hyperparameters, rank: int, world: int,
+                may_step) -> tuple[int, int]:
+    """A phase's global pass over documents already scored: their inputs and targets end to end (in position
+    order), cut into sequences of the eval context, one SGD step (momentum, cosine LR to 0, no weight decay) per
+    TTT_PHASE_BATCH_TOKENS, every rank on its rows; the tail short of a whole step is left out. Every weight
+    of the base model learns. Stops early once may_step(step) is False. Returns (steps taken, steps)."""
+    E = eval_context(h)
+    rows = phase_rows(h, world)
+    x = torch.cat([tokens[lo:hi] for lo, hi in sorted(docs)])
+    y = torch.cat([tokens[lo + 1:hi + 1] for lo, hi in sorted(docs)])
+    steps = x.numel() // (E * rows * world)
+    x = x[:steps * world * rows * E].view(steps, world, rows, E)
+    y = y[:steps * world * rows * E].view(steps, world, rows, E)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=h.ttt_phase_lr, momentum=h.ttt_phase_momentum)
+    model.train()
+    set_trainable(model, None)
+    for s in range(steps):
+        if not may_step(s):
+            return s, steps
+        for g in opt.param_groups:
+            g["lr"] = h.ttt_phase_lr * 0.5 * (1 + math.cos(math.pi * s / steps))
+        phase_step(run_model, params, opt, x[s, rank], y[s, rank], world)
+    return steps, steps
 
 class LoraGuard:
     """The LoRA TTT budget guard: every 8th step of a batch it reads the clock (the slowest rank's) and stops
-    adapting for good once adapting 8 more steps and scoring all the rest would pass the budget."""
+    adapting for good once adapting 8 more steps and scoring all the rest would pass the budget. A phase's
+    global pass goes on while its next step and every LoRA step left, adapting, fit."""
 
     def __init__(self, steps_before: list[int], budget: float, clock, world: int, device, log, enabled: bool):
         self.steps_before = steps_before  # LoRA steps before each batch, and in all (the last)
@@ -1147,15 +1285,23 @@ class LoraGuard:
         self.adapting = enabled  # False for good once the guard fires
         self.adapted = 0  # steps that adapted
         self.t_start = clock()  # when TTT started
+        self.t_passes = 0.0  # seconds in global passes: not LoRA steps
+
+    def read(self, done: int, since: float = 0.0) -> tuple[float, float, float]:
+        """(elapsed, seconds per LoRA step so far, seconds since this rank's `since`): each the slowest rank's,
+        so alike on every rank."""
+        sync(self.device)
+        now = self.clock()
+        t = torch.tensor([now, (now - self.t_start - self.t_passes) / max(1, done), now - since], dtype=torch.float64,
+                         device=self.device)
+        elapsed, rate, took = all_reduce(t, self.world, dist.ReduceOp.MAX).tolist()
+        return elapsed, rate, took
 
     def __call__(self, b: int, k: int) -> bool:  # called alike on every rank: whether step k of batch b adapts
         done = self.steps_before[b] + k
         total = self.steps_before[-1]
         if self.adapting and k % 8 == 0 and done:
-            sync(self.device)
-            now = self.clock()
-            t = torch.tensor([now, (now - self.t_start) / done], dtype=torch.float64, device=self.device)
-            elapsed, rate = all_reduce(t, self.world, dist.ReduceOp.MAX).tolist()  # s per adapting step; scoring: half
+            elapsed, rate, _ = self.read(done)  # s per adapting step; scoring: half
             if elapsed + 8 * rate + 0.5 * rate * (total - done) > self.budget:
                 self.adapting = False
                 self.log(f"ttt budget: stopped adapting at batch {b + 1}/{len(self.steps_before) - 1} step {k}, "
@@ -1163,26 +1309,52 @@ class LoraGuard:
         self.adapted += self.adapting
         return self.adapting
 
+    def pass_step(self, b: int, t0: float, s: int) -> bool:
+        """Before step s of a global pass begun at this rank's t0, ahead of batch b: whether it runs (every input
+        reduced across ranks: all decide alike)."""
+        done = self.steps_before[b]
+        elapsed, rate, took = self.read(done, t0)
+        per_step = took / s if s else 0.0
+        if self.adapting and elapsed + per_step + rate * (self.steps_before[-1] - done) <= self.budget:
+            return True
+        self.log(f"ttt budget: global pass stopped at step {s}, elapsed {elapsed:.1f}s")
+        return False
+
 def eval_lora(model: GPT, run_model, tokens: torch.Tensor, h: Hyperparameters, rank: int, world: int, device,
               clock, log=print, budget: float | None = None) -> torch.Tensor:
-    """Per-document score-first LoRA TTT: each document scored alone (context from itself only), chunk by
-    chunk, by adapters trained on its earlier chunks only, fresh per batch. The guard's inputs are reduced
-    (max) across ranks at every 8th step of each batch: all stop alike. Returns per-target nll."""
+    """Per-document score-first LoRA TTT: each document scored alone (context from itself only, its last
+    eval_context tokens), chunk by chunk, by adapters trained on its earlier chunks only (and, warm-started, on
+    documents scored before it). Phased: after each phase's documents are scored, the base model takes a
+    global pass over every document scored so far. The guard's inputs are reduced (max) across ranks: all
+    stop alike. Returns per-target nll."""
     n = tokens.numel() - 1
-    c = h.ttt_lora_chunk
+    E = eval_context(h)
     budget = h.max_eval_seconds if budget is None else budget
-    batches = lora_batches(doc_spans(tokens, n), h.train_seq_len, h.ttt_lora_docs, world)
+    schedule = parse_chunk_schedule(h.ttt_lora_chunk_schedule)
+    phases, rest = phase_groups(doc_spans(tokens, n), h.ttt_phases, h.ttt_phase_docs)
+    plan = []  # (group, W, R, chunk, segments): the phases' batches, then the rest's
+    for g, docs in enumerate(phases + [rest]):
+        for W, R, segs in lora_batches(docs, E, h.ttt_lora_docs, world):
+            plan.append((g, W, R, batch_chunk(max(hi - start for _, hi, start in segs), h.ttt_lora_chunk, schedule), segs))
     tokens = tokens.to(device)
-    before = np.cumsum([0] + [-(-(docs[0][1] - docs[0][0]) // c) for _, _, docs in batches]).tolist()  # steps
+    before = np.cumsum([0] + [-(-(segs[0][1] - segs[0][0]) // c) for _, _, _, c, segs in plan]).tolist()  # steps
     nll = torch.zeros(n, device=device)
-    init = lora_init(model, h.ttt_lora_rank)
+    adapters = Adapters(model, h, h.ttt_lora_docs * E // lora_shapes(E)[0])
     guard = LoraGuard(before, budget, clock, world, device, log, h.ttt_epochs > 0)
-    for b, (W, R, docs) in enumerate(batches):
-        lora_batch(run_model, model, tokens, nll, docs[rank::world], W, R, before[b + 1] - before[b], init, h,
+    for b, (g, W, R, c, segs) in enumerate(plan):
+        lora_batch(run_model, model, tokens, nll, segs[rank::world], W, R, before[b + 1] - before[b], c, adapters, h,
                    lambda k: guard(b, k))
-        if h.ttt_log_every > 0 and ((b + 1) % h.ttt_log_every == 0 or b == len(batches) - 1):
-            log(f"ttt_lora [{b + 1}/{len(batches)}] window {W} rows {R} steps {before[b + 1] - before[b]} time={clock():.1f}s")
-    log(f"ttt lora: {len(batches)} batches, {before[-1]} steps, {guard.adapted} adapting, {clock() - guard.t_start:.1f}s")
+        if h.ttt_log_every > 0 and ((b + 1) % h.ttt_log_every == 0 or b == len(plan) - 1):
+            log(f"ttt_lora [{b + 1}/{len(plan)}] window {W} rows {R} chunk {c} steps {before[b + 1] - before[b]} time={clock():.1f}s")
+        if g < len(phases) and b + 1 < len(plan) and plan[b + 1][0] > g and h.ttt_epochs > 0:  # a phase scored, documents left
+            t0 = clock()
+            scored = [d for docs in phases[:g + 1] for d in docs]
+            took, steps = global_pass(run_model, model, tokens, scored, h, rank, world, lambda s: guard.pass_step(b + 1, t0, s))
+            guard.t_passes += clock() - t0
+            adapters.reset()
+            log(f"ttt phase {g + 1}/{len(phases)}: {len(scored)} documents scored; global pass {took}/{steps} steps "
+                f"of {phase_rows(h, world) * world} x {E} tokens, {clock() - t0:.1f}s")
+    log(f"ttt lora: {len(plan)} batches, {before[-1]} steps, {guard.adapted} adapting, {clock() - guard.t_start:.1f}s")
     return all_reduce(nll, world)  # each rank scored its own documents
 
 # ----------------------------------------------------------------------------- main
@@ -1271,12 +1443,18 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         except ImportError as e:
             raise RunError(f"missing package {pkg} ({e}): pip install -r requirements.txt")
     L, wall = h.train_seq_len, h.max_wallclock_seconds
+    E = eval_context(h)
+    chunks = [h.ttt_lora_chunk] + [c for _, c in parse_chunk_schedule(h.ttt_lora_chunk_schedule)]
+    lora_targets(h.ttt_lora_targets)
     for bad, msg in [
         (h.train_batch_tokens % (world * accum * L), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={L}"),
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
         (0 < wall <= h.gptq_reserve_seconds and h.gptq_calib_seqs > 0, f"GPTQ_RESERVE_SECONDS={h.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={wall}"),
-        (not L >= h.eval_stride > 0 or not 2 <= h.embed_bits <= 8, "need 0 < EVAL_STRIDE <= TRAIN_SEQ_LEN, and 2 <= EMBED_BITS <= 8"),
-        (min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or h.ttt_lora_chunk > L, "need TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),
+        (h.eval_seq_len < 0 or not E >= h.eval_stride > 0 or not 2 <= h.embed_bits <= 8, "need EVAL_SEQ_LEN >= 0, 0 < EVAL_STRIDE <= the eval context, and 2 <= EMBED_BITS <= 8"),
+        (min(h.ttt_lora_rank, h.ttt_lora_chunk, h.ttt_lora_docs) < 1 or max(chunks) > E, f"need TTT_LORA_RANK, _DOCS >= 1 and 1 <= TTT_LORA_CHUNK (and the schedule's chunks) <= the eval context {E}"),
+        (min(h.ttt_phases, h.ttt_phase_docs) < 0 or h.ttt_phase_batch_tokens < 1, "need TTT_PHASES, TTT_PHASE_DOCS >= 0 and TTT_PHASE_BATCH_TOKENS >= 1"),
+        (h.ttt_lora_alpha <= 0 or not 0 <= h.ttt_lora_beta2 < 1, "need TTT_LORA_ALPHA > 0 and 0 <= TTT_LORA_BETA2 < 1"),
+        (h.ttt_phase_lr < 0 or not 0 <= h.ttt_phase_momentum < 1, "need TTT_PHASE_LR >= 0 and 0 <= TTT_PHASE_MOMENTUM < 1"),
         (not 0 <= h.qat_threshold <= 1, f"need 0 <= QAT_THRESHOLD={h.qat_threshold:g} <= 1 (a fraction of the peak LR)"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (h.artifact_path and not h.eval_only, f"ARTIFACT_PATH={h.artifact_path!r} is read by EVAL_ONLY=1 alone (a training run writes OUT_DIR's artifact)"),
@@ -1360,6 +1538,8 @@ def load_data(h: Hyperparameters, rt: Runtime):
     val_tokens = load_validation(os.path.join(h.data_path, VAL_PATTERN), h.train_seq_len)
     if int(val_tokens.max()) >= h.vocab_size:
         raise RunError(f"validation token id {int(val_tokens.max())} >= VOCAB_SIZE {h.vocab_size}")
+    if val_tokens.numel() <= eval_context(h):
+        raise RunError(f"validation split has {val_tokens.numel()} tokens, fewer than one window of EVAL_SEQ_LEN={eval_context(h)}+1")
     sidecar = load_sidecar(h.data_path, val_tokens.numel())
     if sidecar is None and is_caseops(sp):
         raise RunError(f"{h.tokenizer_path} is a CaseOps tokenizer, and {h.data_path} has no byte sidecar (fineweb_val_bytes_*.bin, "
@@ -1430,8 +1610,8 @@ class Trainer:
     def prime(self, train: bool = True) -> tuple[float, float]:
         """Runs every graph the run will need on training tokens, then undoes it: weights and optimizer state
         (train() rewinds the loader). Training: each (recurrent, QAT) state its schedule reaches
-        (training_phases); evaluation: scoring and the LoRA TTT steps in the state training ends in (EVAL_ONLY:
-        the artifact's). Returns the measured QAT / plain and recurrent / plain step-time ratios. On CUDA each
+        (training_phases); evaluation: scoring, the LoRA TTT steps and (phased TTT) a global-pass step in the state
+        training ends in (EVAL_ONLY: the artifact's). Returns the measured QAT / plain and recurrent / plain step-time ratios. On CUDA each
         part's peak memory is logged."""
         h, rt, model = self.h, self.rt, self.model
         recur_before = model.recur
@@ -1456,19 +1636,27 @@ class Trainer:
             log_memory(rt, "priming: training steps")
         sync(rt.device)
         t_scoring = time.perf_counter()
-        x, y = self.loader.batch(1, 0, 1)
-        toks = torch.cat([x[0], y[0, -1:]]).to(rt.device)  # one training window
-        L = h.train_seq_len
+        E = eval_context(h)
+        x, y = self.loader.batch(-(-(E * phase_rows(h, rt.world) + 1) // h.train_seq_len), 0, 1)
+        toks = torch.cat([x.flatten(), y[-1, -1:]]).to(rt.device)  # training windows end to end: >= the eval shapes
         model.recur = recur_at_end(h) if train else recur_before
-        eval_sliding(self.run_model, toks, L, L, h.eval_batch_seqs, 0, 1, rt.device)
+        for T in sorted({h.train_seq_len, E}):  # the standard eval's windows, and the sliding eval's and TTT's
+            eval_sliding(self.run_model, toks[:T + 1], T, T, h.eval_batch_seqs, 0, 1, rt.device)
         log_memory(rt, "priming: sliding eval")
         sync(rt.device)
         t_lora = time.perf_counter()
-        for W in lora_shapes(L) if h.ttt_enabled else ():  # an adapting step, then a scoring one: one graph each for every shape
-            rows = h.ttt_lora_docs * L // W
-            lora_batch(self.run_model, model, toks, torch.zeros(L, device=rt.device), [(0, W, 0)], W,
-                       rows, 2, lora_init(model, h.ttt_lora_rank), h, lambda k: True)
+        for W in lora_shapes(E) if h.ttt_enabled else ():  # an adapting step, then a scoring one: one graph each for every shape
+            rows = h.ttt_lora_docs * E // W
+            lora_batch(self.run_model, model, toks[:E + 1], torch.zeros(E, device=rt.device), [(0, W, 0)], W, rows, 2,
+                       h.ttt_lora_chunk, Adapters(model, h, rows), h, lambda k: True)
             log_memory(rt, f"priming: lora ttt window {W}, {rows} rows")
+        if h.ttt_enabled and h.ttt_phases > 0 and h.ttt_epochs > 0:  # a phase's global-pass step (undone below)
+            params = list(model.parameters())
+            rows = phase_rows(h, rt.world)
+            model.train()
+            phase_step(self.run_model, params, torch.optim.SGD(params, lr=0.0, momentum=h.ttt_phase_momentum),
+                       toks[:rows * E].view(rows, E), toks[1:rows * E + 1].view(rows, E), rt.world)
+            log_memory(rt, f"priming: ttt global pass, {rows} rows")
         self.primed = {("train", *ph) for ph in phases} | {("eval", model.recur)}
         model.recur = recur_before
         model.load_state_dict(snapshot[0])
@@ -1732,7 +1920,7 @@ def main() -> None:
     rt_loss, rt_bpb = scored(log, "final_int5_zstd_roundtrip_exact", validate(), f" time:{clock() - t_rt:.1f}s")
     log_memory(rt, "standard eval")
     t_sl = clock()
-    nll = eval_sliding(run_model, val_tokens, h.train_seq_len, h.eval_stride, h.eval_batch_seqs, rt.rank, rt.world, device)
+    nll = eval_sliding(run_model, val_tokens, eval_context(h), h.eval_stride, h.eval_batch_seqs, rt.rank, rt.world, device)
     sl_s = clock() - t_sl
     sl_loss, sl_bpb = scored(log, "final_sliding_exact", bpb(nll, val_bytes), f" time:{sl_s:.1f}s eval_time:{clock():.1f}s")
     log_memory(rt, "sliding eval")
@@ -1740,7 +1928,7 @@ def main() -> None:
     record.fields.update(bytes_code=code_bytes, roundtrip_val_bpb=rt_bpb, sliding_val_bpb=sl_bpb)
     ttt_on = bool(h.ttt_enabled)
     if ttt_on:
-        sl_s *= max(1.0, h.eval_stride / h.ttt_lora_chunk)  # LoRA scores W/c <= L/c tokens a target
+        sl_s *= max(1.0, h.eval_stride / h.ttt_lora_chunk)  # LoRA scores ~W/c tokens a target (the guard prices the rest)
         ttt_on = now + 1.1 * sl_s <= budget
         if not ttt_on:
             log(f"ttt skipped: {now:.1f}s + scoring (~{sl_s:.1f}s) would pass the {budget:g}s eval budget; the score is the sliding one")

@@ -102,7 +102,7 @@ def figures(log: str) -> dict:
 
 def lora_ms_from_batches(log: str) -> float | None:
     """Without the LoRA summary (the limit ended TTT): ms per step between the first and the last batch logged."""
-    rows = [(int(k), float(t)) for k, t in re.findall(r"^ttt_lora \[\d+/\d+\] window \d+ rows \d+ steps (\d+) time=([\d.]+)s", log, re.M)]
+    rows = [(int(k), float(t)) for k, t in re.findall(r"^ttt_lora \[\d+/\d+\] window \d+ rows \d+ chunk \d+ steps (\d+) time=([\d.]+)s", log, re.M)]
     steps = sum(k for k, _ in rows[1:])
     return 1000 * (rows[-1][1] - rows[0][1]) / steps if steps else None
 

@@ -67,7 +67,7 @@ def main():
         for _ in range(steps + 1):
             t = time.perf_counter()
             tg.lora_batch(trainer.run_model, model, toks, tg.torch.zeros(L, device=rt.device), [(0, W, 0)], W, rows, 2,
-                          tg.lora_init(model, h.ttt_lora_rank), h, lambda k: True)
+                          h.ttt_lora_chunk, tg.Adapters(model, h, rows), h, lambda k: True)
             tg.sync(rt.device)
             ms.append(1000 * (time.perf_counter() - t) / 2)
         lora[W] = round(statistics.median(ms[1:]), 1)

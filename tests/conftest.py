@@ -51,7 +51,11 @@ TINY = dict(NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", MLP
             MAX_WALLCLOCK_SECONDS="0", TTT_CHUNK_TOKENS="2048", EVAL_STRIDE="32", TRAIN_LOG_EVERY="1",
             SEED="7", EVAL_BATCH_SEQS="16", TTT_BATCH_SEQS="8", COMPILE="0",
             PARALLEL_FROM="3", RECUR_LAYERS="",  # two lanes in the last layer; recurrence where a test asks
-            TTT_LORA_CHUNK="32", TTT_LORA_DOCS="8", TTT_LORA_RANK="8")
+            TTT_LORA_CHUNK="32", TTT_LORA_DOCS="8", TTT_LORA_RANK="8", TTT_LORA_ALPHA="8",
+            # issue 35's plan, all of it: context 80 against training at 64, a phase (the 8 longest documents, then a
+            # global pass of 4 x 80 tokens a step at any world size), warm-started A, short documents' chunks of 8
+            EVAL_SEQ_LEN="80", TTT_PHASES="1", TTT_PHASE_DOCS="8", TTT_PHASE_BATCH_TOKENS="320", TTT_LORA_WARM_A="1",
+            TTT_LORA_CHUNK_SCHEDULE="40:8")
 
 
 @pytest.fixture(scope="session")

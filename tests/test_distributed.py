@@ -33,13 +33,17 @@ def train_losses(log):
     return [float(x) for x in re.findall(r"train_loss:(\S+)", log)]
 
 
-def assert_compiled_run_is_whole(log, primed=4, graphs=5):
-    """Every LoRA step that may adapt did (all but each batch's last), TTT beat the plain eval, nothing
-    compiled after priming. Graphs: one per training state primed, sliding scoring, and LoRA TTT's two
-    (adapting, scoring) for every window shape."""
+def assert_compiled_run_is_whole(log, primed=4, graphs=7, phased=True):
+    """Every LoRA step that may adapt did (all but each batch's last), the phase's global pass ran whole, TTT
+    beat the plain eval, nothing compiled after priming. Graphs: one per training state primed, sliding scoring,
+    LoRA TTT's two (adapting, scoring) for every window shape, and, phased (TINY), the global pass's step and the
+    scoring of the eval context's windows (80) beside the training context's (the standard eval)."""
     assert "compile:True" in log
     assert re.search(rf"priming: {primed} steps run and undone, {graphs} graphs compiled in [\d.]+s: training [\d.]+s, scoring [\d.]+s, lora ttt [\d.]+s \(compile cache ", log)
-    assert "stopped adapting" not in log
+    assert "stopped adapting" not in log and "global pass stopped" not in log
+    passed = re.search(r"ttt phase 1/1: 8 documents scored; global pass (\d+)/(\d+) steps of 4 x 80 tokens", log)
+    assert bool(passed and passed.group(1) == passed.group(2) and int(passed.group(1)) >= 2) == phased  # TINY: its phase, whole
+    assert ("window 80 " in log) == phased  # TINY's eval context (80), or the training one
     batches, steps, adapted = map(int, re.search(r"ttt lora: (\d+) batches, (\d+) steps, (\d+) adapting", log).groups())
     assert batches >= 3 and adapted == steps - batches
     # doc-isolated: on this corpus of ~120-token documents the sliding window's context from the
@@ -81,7 +85,8 @@ def test_compiled_two_process_run_matches_one_process(tmp_path, tiny_data, compi
     assert json.loads((tmp_path / "submission.json").read_text())["world_size"] == 2
 
 
-RECUR = dict(RECUR_LAYERS="1,2", PARALLEL_FROM="2", QAT_THRESHOLD="0.5")  # QAT from step 26 of 30
+RECUR = dict(RECUR_LAYERS="1,2", PARALLEL_FROM="2", QAT_THRESHOLD="0.5",  # QAT from step 26 of 30; and TTT without
+             TTT_PHASES="0", EVAL_SEQ_LEN="0", TTT_LORA_WARM_A="0", TTT_LORA_CHUNK_SCHEDULE="")  # issue 35's plan
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,7 @@ def graphs(log):
 
 def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(recurrent, compiled, tmp_path, tiny_data):
     log = recurrent[1]
-    assert_compiled_run_is_whole(log, primed=6, graphs=6)  # plain, recurrent, recurrent + QAT: 2 steps each
+    assert_compiled_run_is_whole(log, primed=6, graphs=6, phased=False)  # plain, recurrent, recurrent + QAT: 2 steps each
     assert "recurrence: layers (1, 2) run twice from step 15" in log and "on at step 26" in log
     assert "compiling now" not in log
     assert graphs(log) > graphs(compiled[1])
@@ -109,7 +114,7 @@ def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(rec
 def test_qat_before_the_recurrence_switch_is_primed_too(tmp_path, tiny_data):
     log = run_ok(tmp_path, tiny_data, COMPILE=1, **{**RECUR, "RECUR_START_FRAC": "0.95"})
     assert "on at step 26" in log and "recurrence: layers (1, 2) run twice from step 29" in log
-    assert_compiled_run_is_whole(log, primed=8, graphs=7)  # QAT can start first: the 4th training state
+    assert_compiled_run_is_whole(log, primed=8, graphs=7, phased=False)  # QAT can start first: the 4th training state
 
 
 def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
@@ -142,6 +147,22 @@ def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     assert res[0]["nll"] == res[1]["nll"]
 
 
+def test_two_ranks_stop_the_global_pass_at_the_same_step(tmp_path):
+    """Phased LoRA TTT, rank 1's clock 1,000 s ahead and 3x faster: the guard stops the global pass at one step
+    on both ranks (every input reduced; a rank's own clock in the decision would part the collectives), and both
+    finish with the same scores."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "tests" / "budget_worker.py"), str(tmp_path), "phased", "1050"],
+                       capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **dict(__import__("os").environ)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    stops = [[m for m in x["logs"] if "global pass stopped" in m] for x in res]
+    assert len(stops[0]) == len(stops[1]) == 1 and stops[0] == stops[1], res
+    step = int(re.search(r"at step (\d+),", stops[0][0]).group(1))
+    assert 0 < step < 15 and all(f"global pass {step}/15 steps" in " ".join(x["logs"]) for x in res)
+    assert res[0]["nll"] == res[1]["nll"]
+
+
 @pytest.mark.parametrize("env,msg", [
     (dict(VOCAB_SIZE=2048), "VOCAB_SIZE=2048 but"),
     (dict(TRAIN_BATCH_TOKENS=1000), "does not split"),
@@ -151,7 +172,11 @@ def test_two_ranks_stop_adapting_at_the_same_chunk(tmp_path):
     (dict(MAX_WALLCLOCK_SECONDS=10, GPTQ_RESERVE_SECONDS=12), "leaves no training time"),
     (dict(RECUR_LAYERS="1,3"), "must be consecutive layers"),
     (dict(RECUR_LAYERS="x"), "must be consecutive layers"),
-    (dict(TTT_LORA_CHUNK=65), "1 <= TTT_LORA_CHUNK <= TRAIN_SEQ_LEN"),  # a longer chunk would leave targets unscored
+    (dict(TTT_LORA_CHUNK=81), "<= the eval context 80"),  # a longer chunk would leave targets unscored
+    (dict(TTT_LORA_CHUNK_SCHEDULE="40:90"), "<= the eval context 80"),
+    (dict(TTT_LORA_CHUNK_SCHEDULE="40"), "TTT_LORA_CHUNK_SCHEDULE='40' must be"),
+    (dict(TTT_LORA_TARGETS="q,kv"), "unknown target 'kv'"),
+    (dict(EVAL_SEQ_LEN=20000), "fewer than one window of EVAL_SEQ_LEN=20000+1"),
     (dict(EMBED_BITS=9), "2 <= EMBED_BITS <= 8"),  # the container stores a symbol in a byte
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
@@ -261,7 +286,8 @@ def test_compiled_eval_only_primes_its_graphs_and_reproduces_the_compiled_run(tm
     art = tmp_path / "a.ptz"
     art.write_bytes((out / "final_model.int5.ptz").read_bytes())
     again = eval_only(tmp_path, tiny_data, ARTIFACT_PATH=art, COMPILE=1)
-    assert "priming: the evaluation graphs run and undone, 3 graphs compiled" in again and "recompiles after priming: 0" in again
+    # scoring at the training and the eval context (TINY: 64, 80), LoRA's two, the global pass's step
+    assert "priming: the evaluation graphs run and undone, 5 graphs compiled" in again and "recompiles after priming: 0" in again
     for key in ("final_int5_zstd_roundtrip_exact", "final_sliding_exact", "legal_ttt_exact"):
         assert metric(again, key) == pytest.approx(metric(log, key), abs=1e-6), key  # compiled kernels: near-exact
 

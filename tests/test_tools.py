@@ -163,8 +163,10 @@ def test_estimator_uses_measured_gpu_figures(tmp_path):
              ttt_step_ms=80.0, export_s=30.0, lora_step_ms=250.0)
     r = est.estimate(est.load_config(env=SP1024), m)
     nom, pes = r["scenarios"][1], r["scenarios"][2]
-    assert nom["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25)
-    assert pes["eval_parts_s"]["lora_ttt"] == pytest.approx(r["ttt_steps"] * 0.25 * est.MEASURED_PESSIMISM)
+    full = sum(widths / W for W, _, _, widths in r["lora_plan"])  # the steps' windows, in whole-window steps
+    assert 0 < full < r["ttt_steps"]
+    assert nom["eval_parts_s"]["lora_ttt"] == pytest.approx(full * 0.25)
+    assert pes["eval_parts_s"]["lora_ttt"] == pytest.approx(full * 0.25 * est.MEASURED_PESSIMISM)
     assert nom["step_ms"] == pytest.approx(800.0 / 8 * est.MULTI_GPU_OVERHEAD)
     assert nom["qat_ratio"] == pytest.approx(1.25) and pes["step_ms"] > nom["step_ms"]
     assert nom["eval_parts_s"]["sliding_pass"] == pytest.approx(62021632 / 1.5e5 / 8 * est.MULTI_GPU_OVERHEAD)
@@ -270,18 +272,32 @@ def test_lora_eval_estimate_follows_the_scripts_plan_and_fits():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conftest import load_tg
     tg = load_tg()
-    cfg = est.load_config(env={**SP1024, "TRAIN_SEQ_LEN": "64", "TTT_LORA_CHUNK": "16", "TTT_LORA_DOCS": "3"})
     lengths = [5, 700, 64, 17, 300, 16, 33, 2, 129, 90, 48, 256, 1]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     spans = [(a, a + m) for a, m in zip(starts, lengths)]
-    for world in (1, 2, 8):
-        plan = [(W, R, -(-(d[0][1] - d[0][0]) // 16)) for W, R, d in tg.lora_batches(spans, 64, 3, world)]
-        assert est.lora_plan(cfg, world, lengths) == plan
+    base = {"TRAIN_SEQ_LEN": "64", "TTT_LORA_CHUNK": "16", "TTT_LORA_DOCS": "3", "TTT_PHASES": "0"}
+    phased = {"TTT_PHASES": "2", "TTT_PHASE_DOCS": "5", "TTT_LORA_CHUNK_SCHEDULE": "20:4,100:8", "EVAL_SEQ_LEN": "80"}
+    for env in (base, {**base, **phased}):
+        cfg = est.load_config(env={**SP1024, **env})
+        h = tg.Hyperparameters.from_env(env)
+        E = tg.eval_context(h)
+        schedule = tg.parse_chunk_schedule(h.ttt_lora_chunk_schedule)
+        phases, rest = tg.phase_groups(spans, h.ttt_phases, h.ttt_phase_docs)
+        for world in (1, 2, 8):  # the script's plan, as eval_lora builds it: (W, R, steps, the steps' widths)
+            plan = []
+            for docs in phases + [rest]:
+                for W, R, segs in tg.lora_batches(docs, E, 3, world):
+                    c = tg.batch_chunk(max(hi - start for _, hi, start in segs), 16, schedule)
+                    K = -(-(segs[0][1] - segs[0][0]) // c)
+                    plan.append((W, R, K, sum(tg.lora_widths(segs, W, K, c))))
+            assert est.lora_plan(cfg, world, lengths) == plan
+        scored = [sum(hi - lo for g in phases[:i + 1] for lo, hi in g) for i in range(len(phases))]
+        assert est.phase_pass_tokens(cfg, lengths) == scored  # every pass over all documents scored so far
     lens = est.doc_lengths(62021632)
     assert len(lens) == 50_000 and abs(sum(lens) - 62021632) < 100 and max(lens) == 123566
     assert 700 < sorted(lens)[25_000] < 800 and 0.1 < sum(x > 2048 for x in lens) / 50_000 < 0.2  # ~14% (PR #1354)
     r = est.estimate(est.load_config(env=SP1024))
-    assert r["ttt_steps"] == sum(k for _, _, k in r["lora_plan"]) and r["scenarios"][2]["eval_s"] <= est.EVAL_TARGET_S
+    assert r["ttt_steps"] == sum(k for _, _, k, _ in r["lora_plan"]) and r["scenarios"][2]["eval_s"] <= est.EVAL_TARGET_S
     chunked = est.estimate(est.load_config(env={**SP1024, "TTT_MODE": "chunk"}))
     assert "ttt_training" in chunked["eval_flops"] and "lora_ttt" not in chunked["eval_flops"]
 
@@ -294,7 +310,7 @@ MEM_TINY = dict(NUM_LAYERS="1", MODEL_DIM="32", NUM_HEADS="2", NUM_KV_HEADS="1",
                 TTT_LORA_DOCS="2", TTT_LORA_RANK="4", TTT_LORA_CHUNK="8")
 MEM_PHASES = ["train step", "train step + recurrence", "train step + QAT", "train step + QAT + recurrence", "priming",
               "gptq calibration", "standard eval", "sliding eval", "lora ttt window 8", "lora ttt window 16",
-              "lora ttt window 32"]
+              "lora ttt window 32", "ttt global pass"]
 
 
 @pytest.fixture

@@ -153,10 +153,14 @@ def doc_tokens(lengths, seed=5):
 LENGTHS = [40, 5, 70, 9, 17, 33, 120, 2, 26, 300, 60]  # > L, < chunk + 1, one token, > 4L (3 segments), ...
 
 
+# The plan before issue 35 (every matrix, fresh A per batch, no phase), which the tests below change one at a time
+BEFORE_35 = dict(ttt_lora_targets="all", ttt_lora_warm_a=0, ttt_phases=0, ttt_lora_beta2=0.999)
+
+
 def run_lora(tg, tokens, model=None, world=1, rank=0, **kw):
-    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_lora_lr=0.05,
-                                              ttt_log_every=0), **kw})
-    model = model or small_model(tg, **SHAPE)
+    h = tg.Hyperparameters(**{**SHAPE, **BEFORE_35, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_lora_alpha=4.0,
+                                                           ttt_lora_lr=0.05, ttt_log_every=0), **kw})
+    model = model or small_model(tg, **SHAPE, eval_seq_len=h.eval_seq_len)
     logs = []
     nll = tg.eval_lora(model, model, tokens, h, rank, world, torch.device("cpu"), lambda: 0.0, logs.append)
     return nll, logs
@@ -219,7 +223,11 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_lora_adapters_are_fresh_for_every_batch_and_rank(tg, one_process_group):
+def test_lora_adapters_are_fresh_for_every_batch_and_rank(tg, one_process_group, monkeypatch):
+    """Every step at its batch's whole window W (a grown window's width follows the other rows of a rank's
+    batch, so only bf16 rounding would differ: test_a_steps_window_...), a document scores the same alone, in
+    the stream, and on any rank."""
+    monkeypatch.setattr(tg, "lora_widths", lambda spans, W, K, c: [W] * K)
     tokens = doc_tokens(LENGTHS)
     spans = tg.doc_spans(tokens, tokens.numel() - 1)
     model = small_model(tg, **SHAPE)
@@ -229,14 +237,15 @@ def test_lora_adapters_are_fresh_for_every_batch_and_rank(tg, one_process_group)
     assert torch.allclose(nll[lo:hi], alone, atol=1e-4)
     shares = [run_lora(tg, tokens, model, world=3, rank=r)[0] for r in range(3)]
     assert torch.allclose(sum(shares), nll, atol=1e-4)  # 3 ranks' shares sum to the 1-rank scores
-    assert all(m.lora is None for m in tg.lora_modules(model)) and all(p.requires_grad for p in model.parameters())
+    assert all(m.lora is None for m in tg.lora_modules(model, tg.lora_targets('all'))) and all(p.requires_grad for p in model.parameters())
 
 
 def test_lora_budget_guard_stops_adapting_and_scores_the_rest(tg):
     tokens = doc_tokens(LENGTHS)
     model = small_model(tg, **SHAPE)
     scored, _ = run_lora(tg, tokens, model, ttt_epochs=0)
-    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_log_every=0)})
+    h = tg.Hyperparameters(**{**SHAPE, **BEFORE_35, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_lora_rank=4, ttt_lora_alpha=4.0,
+                                                           ttt_log_every=0)})
     logs = []
     nll = tg.eval_lora(model, model, tokens, h, 0, 1, torch.device("cpu"), lambda: 0.0, logs.append, budget=-1.0)  # over budget at the first check (step 8)
     assert [m for m in logs if "stopped adapting" in m] == ["ttt budget: stopped adapting at batch 1/7 step 8, elapsed 0.0s; scoring the rest"]
@@ -285,7 +294,7 @@ def test_lora_scoring_steps_build_no_graph_and_one_steps_graph_at_most_is_alive(
     def live_bytes():
         return sum(s.t.numel() * s.t.element_size() for s in list(live))
 
-    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_chunk=4, ttt_lora_rank=4)})
+    h = tg.Hyperparameters(**{**SHAPE, **BEFORE_35, **dict(ttt_lora_chunk=4, ttt_lora_rank=4, ttt_lora_alpha=4.0)})
     model = small_model(tg, **SHAPE)
     tokens = doc_tokens([L, L])
     at_start, saved = [], []
@@ -299,8 +308,182 @@ def test_lora_scoring_steps_build_no_graph_and_one_steps_graph_at_most_is_alive(
     nll = torch.zeros(tokens.numel() - 1)
     K = L // 4  # 8 chunks a document: steps 0..2 adapt, then the guard stops adapting, step 7 scores only
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
-        tg.lora_batch(run_model, model, tokens, nll, [(0, L, 0), (L, 2 * L, L)], L, 2, K,
-                      tg.lora_init(model, 4), h, lambda k: k < 3)
+        tg.lora_batch(run_model, model, tokens, nll, [(0, L, 0), (L, 2 * L, L)], L, 2, K, h.ttt_lora_chunk,
+                      tg.Adapters(model, h, 2), h, lambda k: k < 3)
     assert len(saved) == K and all(b > 0 for b in saved[:3]) and saved[3:] == [0] * (K - 3)
     assert at_start == [0] * K  # every earlier step's graph was freed before the next step ran
     assert live_bytes() == 0 and (nll > 0).all()
+
+
+# ---- issue 35: phased TTT, warm-started A, the frontier's LoRA settings, the chunk schedule, the eval context
+
+def test_lora_targets_name_the_matrices_they_adapt(tg):
+    model = small_model(tg, **{**SHAPE, "ve_layers": 1})
+    names = {id(m): n for n, m in model.named_modules()}
+    mods = tg.lora_modules(model, tg.lora_targets("q, mlp,head"))
+    assert [names[id(m)] for m in mods[:-1]] == [f"blocks.{i}.{r}" for i in range(3) for r in ("attn.q", "mlp.up", "mlp.down")]
+    assert mods[-1] is model
+    every = tg.lora_modules(model, tg.lora_targets("all"))
+    assert len(every) == 3 * 6 + 2 + 1  # q, k, v, o, up, down a layer; the bigram and value-embedding projections; the head
+    for bad in ("q,x", "", " , "):
+        with pytest.raises(tg.RunError, match="TTT_LORA_TARGETS"):
+            tg.lora_targets(bad)
+
+
+def test_chunk_schedule_picks_the_smallest_threshold_holding_the_batch(tg):
+    sched = tg.parse_chunk_schedule("2000:24, 256:8")
+    assert sched == [(256, 8), (2000, 24)]
+    assert [tg.batch_chunk(n, 48, sched) for n in (1, 256, 257, 2000, 2001)] == [8, 8, 24, 24, 48]
+    assert tg.batch_chunk(5, 48, tg.parse_chunk_schedule("")) == 48
+    for bad in ("256", "a:8", "256:0"):
+        with pytest.raises(tg.RunError, match="TTT_LORA_CHUNK_SCHEDULE"):
+            tg.parse_chunk_schedule(bad)
+
+
+def test_phases_take_the_longest_documents_first_in_equal_groups(tg):
+    spans = tg.doc_spans(doc_tokens(LENGTHS), sum(LENGTHS) - 1)
+    phases, rest = tg.phase_groups(spans, 2, 5)
+    by_length = sorted(spans, key=lambda s: (s[0] - s[1], s[0]))
+    assert [len(g) for g in phases] == [2, 3] and phases[0] + phases[1] + rest == by_length
+    assert tg.phase_groups(spans, 0, 5) == ([], by_length)
+    assert tg.phase_groups(spans, 3, 100) == ([by_length[:3], by_length[3:7], by_length[7:]], [])
+
+
+def fake_counts(tg, h, tokens, world):
+    """How often each target is scored at `world` ranks: a model whose every nll is 1 (no adapting)."""
+    n = tokens.numel() - 1
+    total = torch.zeros(n)
+    for rank in range(world):
+        model = small_model(tg, **SHAPE)
+
+        def ones(ids, targets, reduce=True):
+            return torch.ones(targets.shape)
+        total += tg.eval_lora(model, ones, tokens, h, rank, world, torch.device("cpu"), lambda: 0.0, lambda m: None)
+    return total
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_phased_ttt_with_a_chunk_schedule_scores_every_target_once_at_any_world_size(tg, one_process_group, world):
+    tokens = doc_tokens(LENGTHS)
+    h = tg.Hyperparameters(**{**SHAPE, **BEFORE_35, **dict(ttt_lora_chunk=6, ttt_lora_docs=2, ttt_epochs=0, ttt_phases=2, ttt_phase_docs=5,
+                                              ttt_lora_chunk_schedule="20:1,40:3", eval_seq_len=40)})
+    assert (fake_counts(tg, h, tokens, world) == 1).all()
+
+
+PHASED = dict(ttt_phases=1, ttt_phase_docs=2, ttt_phase_lr=0.05, ttt_phase_batch_tokens=2 * L)
+
+
+def changes(tg, tokens, p, **kw):
+    """The targets whose score changes when token p changes (never into a BOS)."""
+    base, _ = run_lora(tg, tokens, **kw)
+    changed = tokens.clone()
+    changed[p] = 2 + (changed[p] - 1) % 126
+    out, _ = run_lora(tg, changed, **kw)
+    return (base - out).abs() > 0
+
+
+def test_phased_ttt_learns_only_from_scored_documents_and_only_after_its_phase(tg):
+    """A target's score depends on its own document's earlier tokens and, after the phase's global pass, on the
+    documents scored before it: a change in a prefix document changes its own later targets and the rest's
+    documents (the pass read it), no other prefix document; a change in a rest document changes nothing else."""
+    tokens = doc_tokens(LENGTHS)
+    spans = tg.doc_spans(tokens, tokens.numel() - 1)
+    phases, rest = tg.phase_groups(spans, 1, PHASED["ttt_phase_docs"])
+    assert spans[9] in phases[0] and spans[2] in rest  # 300 tokens (a prefix document); 70 (a rest one)
+    for (lo, hi), prefix in ((spans[9], True), (spans[2], False)):
+        p = lo + 30
+        diff = changes(tg, tokens, p, **PHASED)
+        assert not diff[lo:p - 1].any()  # nothing before p in its document
+        assert diff[p - 1:hi].any()
+        others = [s for s in spans if s != (lo, hi)]
+        for a, b in others:
+            touched = bool(diff[a:b].any())
+            if (a, b) in phases[0] or not prefix:
+                assert not touched, ((lo, hi), (a, b))  # scored before the pass, or the changed document was never read
+        assert prefix == any(diff[a:b].any() for a, b in rest if (a, b) != (lo, hi))  # the pass learnt the prefix document
+
+
+def test_the_global_pass_moves_the_base_model_and_rests_on_every_scored_document(tg):
+    tokens = doc_tokens(LENGTHS)
+    spans = tg.doc_spans(tokens, tokens.numel() - 1)
+    model = small_model(tg, **SHAPE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    h = tg.Hyperparameters(**{**SHAPE, **BEFORE_35, **PHASED})
+    seen = []
+
+    def recording(ids, targets, reduce=True):
+        seen.append((ids.clone(), targets.clone()))
+        return model(ids, targets, reduce=reduce)
+    phases, _ = tg.phase_groups(spans, 1, PHASED["ttt_phase_docs"])
+    took, steps = tg.global_pass(recording, model, tokens, phases[0], h, 0, 1, lambda s: True)
+    assert took == steps == sum(hi - lo for lo, hi in phases[0]) // (2 * L) == len(seen)
+    x = torch.cat([ids.flatten() for ids, _ in seen])
+    y = torch.cat([t.flatten() for _, t in seen])
+    inputs = torch.cat([tokens[lo:hi] for lo, hi in sorted(phases[0])])
+    targets = torch.cat([tokens[lo + 1:hi + 1] for lo, hi in sorted(phases[0])])
+    assert torch.equal(x, inputs[:x.numel()]) and torch.equal(y, targets[:y.numel()])  # the scored targets, in order
+    assert x.numel() == steps * 2 * L < inputs.numel()  # the tail short of a step is left out
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert tg.global_pass(recording, model, tokens, phases[0], h, 0, 1, lambda s: s < 2)[0] == 2  # the guard stops it
+
+
+def test_warm_a_carries_each_slot_to_its_next_document_and_nothing_back(tg):
+    """Warm-started A: a document's score may depend on documents scored before it on the same slot, never on
+    one scored with it or after it; the first batch scores as with fresh adapters."""
+    tokens = doc_tokens(LENGTHS)
+    spans = tg.doc_spans(tokens, tokens.numel() - 1)
+    batches = tg.lora_batches(spans, L, 2, 1)
+    cold, _ = run_lora(tg, tokens)
+    warm, _ = run_lora(tg, tokens, ttt_lora_warm_a=1)
+    first = [(lo, hi) for lo, hi, _ in batches[0][2]]
+    assert all(torch.equal(cold[lo:hi], warm[lo:hi]) for lo, hi in first)
+    assert not torch.equal(cold, warm)
+    lo, hi, _ = batches[1][2][0]  # a document of the second batch: a change there reaches the third batch's on, no earlier
+    p = lo + 20
+    diff = changes(tg, tokens, p, ttt_lora_warm_a=1)
+    scored_before = [(a, b) for _, _, segs in batches[:2] for a, b, _ in segs if (a, b) != (lo, hi)]
+    assert not any(diff[a:b].any() for a, b in scored_before)
+    assert any(diff[a:b].any() for _, _, segs in batches[2:] for a, b, _ in segs)
+
+
+def test_alpha_scales_the_adapters_output(tg):
+    model = small_model(tg, **SHAPE)
+    h = tg.Hyperparameters(**{**SHAPE, **dict(ttt_lora_rank=4, ttt_lora_alpha=8.0, ttt_lora_targets="head")})
+    ad = tg.Adapters(model, h, 2)
+    params = ad.attach(2)
+    with torch.no_grad():
+        params[1].fill_(0.1)
+    x = torch.randn(2, 5, SHAPE["model_dim"])
+    y = torch.zeros(2, 5, SHAPE["vocab_size"])
+    assert torch.allclose(tg.lora_add(y, x, model.lora), (x @ params[0]) @ params[1] * 2.0)
+    ad.detach()
+    assert model.lora is None
+
+
+def test_a_longer_eval_context_scores_every_target_from_longer_windows(tg):
+    tokens = doc_tokens([200, 150])
+    n = tokens.numel() - 1
+    model = small_model(tg, **{**SHAPE, "eval_seq_len": 2 * L})
+    assert model.rope_cos.size(0) == 2 * L
+    for T in (L, 2 * L):
+        plan = tg.window_plan(0, n, T, 8)
+        assert (plan_coverage(plan, 0, n, T) == 1).all()
+    with torch.inference_mode():
+        short = tg.eval_sliding(model, tokens, L, 8, 4, 0, 1, torch.device("cpu"))
+        long = tg.eval_sliding(model, tokens, 2 * L, 8, 4, 0, 1, torch.device("cpu"))
+    assert not torch.allclose(short[2 * L:], long[2 * L:])  # later targets see 2L - 8 tokens instead of L - 8
+    nll, _ = run_lora(tg, tokens, eval_seq_len=2 * L, ttt_epochs=0)
+    assert (nll > 0).all()
+
+
+def test_a_steps_window_is_the_widest_reach_of_its_rows_and_the_scores_hold(tg, monkeypatch):
+    spans = [(0, 10, 0), (40, 100, 40), (200, 330, 150)]  # short; long; a later segment of a document from 150
+    assert tg.lora_widths(spans[:2], 64, 4, 8) == [8, 16, 24, 32]  # the rows' windows grow with their chunks
+    assert tg.lora_widths(spans, 64, 2, 8) == [58, 64]  # a later segment reaches back to its document's start
+    assert tg.lora_widths([], 64, 2, 8) == [2, 2] and tg.lora_widths([(0, 1, 0)], 64, 1, 1) == [2]
+    tokens = doc_tokens(LENGTHS)
+    model = small_model(tg, **SHAPE)
+    grown, _ = run_lora(tg, tokens, model, ttt_epochs=0)
+    monkeypatch.setattr(tg, "lora_widths", lambda spans, W, K, c: [W] * K)  # every step the batch's whole window
+    whole, _ = run_lora(tg, tokens, model, ttt_epochs=0)
+    assert torch.allclose(grown, whole, atol=5e-3)  # the same contexts (bf16 rounding apart)

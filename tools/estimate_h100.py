@@ -17,9 +17,11 @@ Compilation happens before both clocks (train_gpt.py primes every graph), so it 
 With --gpu-check (bench/gpu_check.py's JSON from one H100), the nominal scenario uses those
 measured per-GPU figures scaled to 8 GPUs, and the pessimistic one adds 25%.
 TTT_MODE=chunk prices the benches' chunked TTT (bench/chunk_ttt.py; train_gpt.py runs LoRA TTT only).
-LoRA TTT (TTT_MODE=lora) is priced step by step from train_gpt.py's plan (segments of <= 4L,
-windows L/4, L/2, L, docs*L tokens per step, every step forward + backward = 3x forward, plus the
-adapters' FLOPs) over a MODEL of the validation documents' lengths: log-normal with the median
+LoRA TTT (TTT_MODE=lora) is priced step by step from train_gpt.py's plan (its phases' documents, then
+the rest's; segments of <= 4E at the eval context E; windows E/4, E/2, E with docs*E/W rows; each step's
+window only as wide as its rows reach (lora_widths); the chunk schedule; every step forward + backward =
+3x forward, plus the adapters' FLOPs of TTT_LORA_TARGETS), and each phase's global pass at the larger of
+its FLOPs and PR #2135's measured ~85 ms a step, over a MODEL of the validation documents' lengths: log-normal with the median
 (~730) and p90 (~2,455) read from PR #1354's per-batch logs of the 50,000 sp1024 documents, its 16
 longest (38,248..123,566 tokens, same logs) in place of the top, the rest scaled to 62,021,632
 tokens in all (which moves the median to ~780).
@@ -50,7 +52,9 @@ DEFAULTS = dict(
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
     ttt_enabled=1, ttt_epochs=3, ttt_chunk_tokens=32768, ttt_batch_seqs=8, val_tokens=SP1024_VAL_TOKENS,
-    ttt_mode="lora", ttt_lora_rank=64, ttt_lora_chunk=128, ttt_lora_docs=64,
+    ttt_mode="lora", ttt_lora_rank=80, ttt_lora_chunk=112, ttt_lora_docs=64, ttt_lora_targets="q,v,o,mlp,head",
+    ttt_lora_chunk_schedule="", ttt_lora_warm_a=1, eval_seq_len=0,  # 0: the training context
+    ttt_phases=1, ttt_phase_docs=2500, ttt_phase_batch_tokens=32768,
     warmdown_iters=0, warmdown_frac=0.667, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
     recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
@@ -73,6 +77,10 @@ ALLREDUCE_BYTES_S = {"optimistic": 300e9, "nominal": 200e9, "pessimistic": 100e9
 EAGER_OVERHEAD_S = 0.5       # assumed: kernel launches of an eager forward with ~70 hooks
 EVAL_MFU_RATIO = 0.7         # eval MFU assumed = train MFU * 0.7
 TTT_STEP_OVERHEAD_S = 0.005  # assumed fixed cost per TTT optimizer step (small batch, all-reduce)
+# A phased TTT's global-pass step (SGD on every weight, 32,768 tokens over 8 GPUs): small steps are bound by
+# their fixed costs, not FLOPs. PR #2135's logs (seeds 42, 0, 314): 289 steps of 32,768 tokens in ~24.5 s on
+# 8xH100, ~85 ms a step, for a model of ~36 M weights; priced as the larger of that and the step's FLOPs.
+PHASE_STEP_S = 0.085
 FA2_SLOWDOWN = 1.10          # SDPA (FlashAttention-2) instead of FA3 (the anchor's kernel)
 MULTI_GPU_OVERHEAD = 1.05    # a 1-GPU measurement scaled to 8 GPUs: gradient all-reduce etc.
 # A larger vocabulary's logits: memory-bound traffic the FLOP model misses (bf16 logits, fp32 softcap and
@@ -169,11 +177,17 @@ def recur_count(cfg):
     return len([t for t in str(cfg["recur_layers"]).split(",") if t.strip()])
 
 
-def flops_per_token(cfg, recur=False):
-    """(forward, train) FLOPs per token; recur: with the recurrent layers' second pass."""
+def eval_len(cfg):
+    """The sliding eval's and TTT's context (train_gpt.py's eval_context)."""
+    return cfg["eval_seq_len"] or cfg["train_seq_len"]
+
+
+def flops_per_token(cfg, recur=False, seq=None):
+    """(forward, train) FLOPs per token; recur: with the recurrent layers' second pass; seq: the context
+    (default: the training one)."""
     r = recur_count(cfg) if recur else 0
     layers = cfg["num_layers"] + r
-    attn = layers * 2 * 2 * cfg["train_seq_len"] * cfg["model_dim"] * 0.5
+    attn = layers * 2 * 2 * (seq or cfg["train_seq_len"]) * cfg["model_dim"] * 0.5
     d, kv = cfg["model_dim"], _kv_dim(cfg)
     fwd = 2 * (matmul_params(cfg) + r * (2 * d * d + 2 * d * kv + 2 * d * cfg["mlp_hidden"])) + attn
     return fwd, 3 * fwd
@@ -239,62 +253,113 @@ def doc_lengths(total, n_docs=50_000):
     return [max(2, round(x * k)) for x in lens] + [round(x) for x in top]
 
 
-def lora_plan(cfg, world=GPUS, lengths=None):
-    """The steps of every global batch of train_gpt.py's lora_batches plan (W, rows, steps), longest first."""
-    L, c, docs = cfg["train_seq_len"], cfg["ttt_lora_chunk"], cfg["ttt_lora_docs"]
+def chunk_schedule(spec):
+    """TTT_LORA_CHUNK_SCHEDULE "N:C,...": (N, C) pairs, smallest N first (train_gpt.py's parse_chunk_schedule)."""
+    return sorted((int(n), int(c)) for n, c in (p.split(":") for p in str(spec).replace(" ", "").split(",") if p))
+
+
+def phase_split(cfg, lengths):
+    """train_gpt.py's phase_groups on document lengths: the phases' groups (longest first), then the rest."""
+    order = sorted(lengths, reverse=True)
+    phases = cfg["ttt_phases"]
+    p = min(cfg["ttt_phase_docs"], len(order)) if phases > 0 else 0
+    cuts = [p * i // max(1, phases) for i in range(phases + 1)]
+    return [order[a:b] for a, b in zip(cuts, cuts[1:]) if b > a], order[p:]
+
+
+def batch_plan(cfg, lengths, world):
+    """(W, rows, steps, widths) of every global batch of train_gpt.py's lora_batches over documents of these
+    lengths; widths: the sum of its steps' windows (lora_widths, over the global batch: an upper bound of a
+    rank's). A later segment of a document (a > 0: at least 4E from its start) needs the whole W throughout;
+    otherwise the longest segment reaches furthest."""
+    L, docs = eval_len(cfg), cfg["ttt_lora_docs"]
+    schedule = chunk_schedule(cfg["ttt_lora_chunk_schedule"])
     shapes = sorted({max(1, L // 4), max(1, L // 2), L})
     segs = []
-    for m in lengths or doc_lengths(cfg["val_tokens"]):
+    for m in lengths:
         for a in range(0, m, 4 * L):
             end = min(a + 4 * L, m)
-            segs.append((next((w for w in shapes if w >= end), L), end - a))
+            segs.append((next((w for w in shapes if w >= end), L), end - a, end, a))
     segs.sort(key=lambda s: (-s[0], -s[1]))
     out, i = [], 0
     while i < len(segs):
         W = segs[i][0]
         R = docs * L // W
         batch = [s for s in segs[i:i + R * world] if s[0] == W]
-        out.append((W, R, math.ceil(batch[0][1] / c)))
+        c = next((c for n, c in schedule if max(s[2] for s in batch) <= n), cfg["ttt_lora_chunk"])
+        m = batch[0][1]
+        k = math.ceil(m / c)
+        later = any(s[3] > 0 for s in batch)
+        out.append((W, R, k, k * W if later else sum(max(min(2, W), min(W, m, (j + 1) * c)) for j in range(k))))
         i += len(batch)
     return out
 
 
+def lora_plan(cfg, world=GPUS, lengths=None):
+    """The steps of every global batch of train_gpt.py's LoRA TTT plan (W, rows, steps, widths): each phase's
+    documents, then the rest's, longest first."""
+    phases, rest = phase_split(cfg, lengths or doc_lengths(cfg["val_tokens"]))
+    return [b for group in phases + [rest] for b in batch_plan(cfg, group, world)]
+
+
+def phase_pass_tokens(cfg, lengths=None):
+    """Tokens of every phase's global pass (each over all documents scored so far; none after the last group)."""
+    phases, rest = phase_split(cfg, lengths or doc_lengths(cfg["val_tokens"]))
+    scored = [sum(sum(g) for g in phases[:i + 1]) for i in range(len(phases))]
+    return scored if rest else scored[:-1]
+
+
 def lora_flops_per_token(cfg):
-    """Forward FLOPs of the adapters per token: 2 x rank x (in + out) of every adapted matrix."""
+    """Forward FLOPs of the adapters per token: 2 x rank x (in + out) of every adapted matrix (TTT_LORA_TARGETS)."""
     d, kv, r = cfg["model_dim"], _kv_dim(cfg), cfg["ttt_lora_rank"]
     layers = cfg["num_layers"] + (recur_count(cfg) if cfg["recur_start_frac"] < 1 else 0)
-    per_layer = 2 * (d + d) + 2 * (d + kv) + 2 * (d + cfg["mlp_hidden"])
-    return 2 * r * (layers * per_layer + cfg["bigram_dim"] + d + (cfg["ve_layers"] > 0) * (cfg["ve_dim"] + kv) + d + cfg["vocab_size"])
+    names = {t for t in str(cfg["ttt_lora_targets"]).replace(" ", "").split(",") if t}
+    names |= {"q", "k", "v", "o", "up", "down", "bigram", "ve", "head"} if "all" in names else set()
+    names |= {"up", "down"} if "mlp" in names else set()
+    sizes = {"q": d + d, "k": d + kv, "v": d + kv, "o": d + d, "up": d + cfg["mlp_hidden"], "down": d + cfg["mlp_hidden"]}
+    per_layer = sum(v for k, v in sizes.items() if k in names)
+    other = ("bigram" in names) * (cfg["bigram_dim"] + d) + ("ve" in names and cfg["ve_layers"] > 0) * (cfg["ve_dim"] + kv)
+    return 2 * r * (layers * per_layer + other + ("head" in names) * (d + cfg["vocab_size"]))
 
 
 def estimate(cfg, measured=None):
     fwd0, train0 = flops_per_token(cfg)
     fwd, train = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1)  # the finished model
+    E = eval_len(cfg)
+    fwd_e, train_e = flops_per_token(cfg, recur=cfg["recur_start_frac"] < 1, seq=E)  # at the eval context
     recur_ratio = train / train0
     base_mfu = anchor_mfu()
     val = cfg["val_tokens"]
     windows = math.ceil(val / cfg["eval_stride"])
     eval_flops = {
         "standard_val_x2": 2 * val * fwd,  # pre-quant EMA eval + reloaded-artifact eval
-        "sliding_pass": windows * cfg["train_seq_len"] * fwd,
+        "sliding_pass": windows * E * fwd_e,
     }
     lora = cfg["ttt_enabled"] and cfg["ttt_mode"] == "lora"
     plan = lora_plan(cfg) if lora else []
-    step_tokens = cfg["ttt_lora_docs"] * cfg["train_seq_len"]  # per GPU, every step of every shape
-    step_flops = step_tokens * 3 * (fwd + lora_flops_per_token(cfg))
+    passes = phase_pass_tokens(cfg) if lora and cfg["ttt_epochs"] > 0 else []
+    pass_rows = max(1, cfg["ttt_phase_batch_tokens"] // (E * GPUS))  # train_gpt.py's phase_rows
+    pass_steps = sum(t // (pass_rows * GPUS * E) for t in passes)
+    step_tokens = cfg["ttt_lora_docs"] * E  # per GPU, every step of every shape
+    step_flops = step_tokens * 3 * (fwd_e + lora_flops_per_token(cfg))
+    # a step's cost follows its window (lora_widths): the plan in steps of the full window W
+    full_steps = sum(ws / W for W, _, _, ws in plan)
     if lora:  # all steps adapt but each batch's last (forward only), every GPU on its own documents
-        bwd = 2 * step_tokens * (fwd + lora_flops_per_token(cfg))  # TTT_EPOCHS=0: scoring only
-        eval_flops["lora_ttt"] = GPUS * sum(k * step_flops - (bwd if cfg["ttt_epochs"] > 0 else k * bwd) for _, _, k in plan)
+        bwd = 2 * step_tokens * (fwd_e + lora_flops_per_token(cfg))  # TTT_EPOCHS=0: scoring only
+        eval_flops["lora_ttt"] = GPUS * (full_steps * step_flops - (len(plan) * bwd if cfg["ttt_epochs"] > 0 else full_steps * bwd))
     elif cfg["ttt_enabled"]:
         eval_flops["ttt_scoring_pass"] = windows * cfg["train_seq_len"] * fwd
         eval_flops["ttt_training"] = cfg["ttt_epochs"] * val * train
+    if passes:  # every weight learns: 3x forward a token, the GPUs on shares of each step
+        eval_flops["ttt_global_pass"] = sum(passes) * train_e
     seqs = max(1, cfg["ttt_chunk_tokens"] // cfg["train_seq_len"])
-    ttt_steps = sum(k for _, _, k in plan) if lora else (
+    ttt_steps = sum(k for _, _, k, _ in plan) if lora else (
         cfg["ttt_enabled"] * cfg["ttt_epochs"] * math.ceil(val / cfg["ttt_chunk_tokens"]) * math.ceil(seqs / cfg["ttt_batch_seqs"]))
     out = {"matmul_params": matmul_params(cfg), "total_params": total_params(cfg),
            "forward_flops_per_token": fwd, "train_flops_per_token": train0, "recur_ratio": recur_ratio,
            "anchor_mfu": base_mfu, "eval_windows": windows, "measured": measured is not None,
            "ttt_chunks": math.ceil(val / cfg["ttt_chunk_tokens"]), "ttt_steps": ttt_steps, "lora_plan": plan,
+           "pass_tokens": passes, "pass_steps": pass_steps,
            "eval_flops": eval_flops, "scenarios": []}
     for label, f, attn, qat_ratio in SCENARIOS:
         rr = recur_ratio
@@ -302,12 +367,15 @@ def estimate(cfg, measured=None):
         step_s = attn * train0 * cfg["train_batch_tokens"] / (GPUS * PEAK_FLOPS * mfu)
         eval_mfu = mfu * EVAL_MFU_RATIO
         parts = {k: attn * v / (GPUS * PEAK_FLOPS * eval_mfu) for k, v in eval_flops.items()}
+        if passes:  # small steps: their fixed cost (PR #2135's), unless the FLOPs take longer
+            fixed = pass_steps * PHASE_STEP_S * (MEASURED_PESSIMISM if label == "pessimistic" else 1.0)
+            parts["ttt_global_pass"] = max(parts["ttt_global_pass"], fixed)
         export_s, ttt_overhead = EXPORT_S, ttt_steps * TTT_STEP_OVERHEAD_S
         step_s_lora = attn * step_flops / (PEAK_FLOPS * eval_mfu) + TTT_STEP_OVERHEAD_S  # one GPU's step
         base = (measured.get("vocab_size") or 1024) if measured and label != "optimistic" else 1024  # logits timed
         logit_s = {k: LOGIT_SCALE[label] * logit_seconds(cfg, n, kind, base) for k, n, kind in (
             ("step", cfg["train_batch_tokens"] / GPUS, "train"), ("standard_val_x2", 2 * val / GPUS, "eval"),
-            ("sliding_pass", windows * cfg["train_seq_len"] / GPUS, "eval"), ("lora_step", step_tokens, "train"))}
+            ("sliding_pass", windows * E / GPUS, "eval"), ("lora_step", step_tokens, "train"))}
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
             at = dict(cfg, vocab_size=base)  # the check's head: the FLOPs of another vocabulary's scale its times
@@ -320,10 +388,12 @@ def estimate(cfg, measured=None):
             qat_ratio = measured["qat_step_ms"] / (rec_ms or plain_ms)
             rr = max(1.0, rec_ms / plain_ms) if rec_ms else rr
             flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"] * flop_fwd,
-                                        "sliding_pass": scale * val / measured["sliding_eval_tok_s"] * flop_fwd}
+                                        "sliding_pass": scale * val / measured["sliding_eval_tok_s"] * flop_fwd * fwd_e * E / (fwd * cfg["train_seq_len"])}
+            if passes:  # no check measures a global pass: the FLOP / fixed-cost estimate
+                parts["ttt_global_pass"] = flop_parts["ttt_global_pass"]
             if lora and measured.get("lora_step_ms"):  # one GPU's step: the GPUs run their steps side by side
-                step_s_lora = m * measured["lora_step_ms"] / 1e3 * flop_train
-                parts["lora_ttt"], ttt_overhead = ttt_steps * step_s_lora, 0.0
+                step_s_lora = m * measured["lora_step_ms"] / 1e3 * flop_train  # a whole-window step, its fixed cost in
+                parts["lora_ttt"] = full_steps * step_s_lora  # narrower steps: their share, plus the fixed cost (below)
             elif lora:  # a check from before LoRA TTT: its FLOP estimate
                 parts["lora_ttt"] = flop_parts["lora_ttt"]
             elif cfg["ttt_enabled"]:
@@ -334,7 +404,7 @@ def estimate(cfg, measured=None):
         for k in ("standard_val_x2", "sliding_pass"):
             parts[k] += logit_s[k]
         if lora:
-            parts["lora_ttt"] += ttt_steps * logit_s["lora_step"]
+            parts["lora_ttt"] += full_steps * logit_s["lora_step"]
             step_s_lora += logit_s["lora_step"]
         calib_s = calibration_seconds(cfg, mfu, label) if cfg["gptq_calib_seqs"] > 0 else 0.0
         steps = train_steps(step_s, qat_ratio, cfg, rr)
@@ -344,7 +414,7 @@ def estimate(cfg, measured=None):
             "label": label, "factor": f, "mfu": mfu, "eval_mfu": eval_mfu, "step_ms": step_s * 1e3,
             "qat_ratio": qat_ratio, "recur_ratio": rr, "steps": steps, "train_tokens": steps * cfg["train_batch_tokens"],
             "train_s": train_s, "calib_s": calib_s, "eval_parts_s": parts, "export_s": export_s, "eval_s": eval_s,
-            "lora_step_s": step_s_lora, "lora_longest_batch_s": plan[0][2] * step_s_lora if plan else 0.0,
+            "lora_step_s": step_s_lora, "lora_longest_batch_s": plan[0][3] / plan[0][0] * step_s_lora if plan else 0.0,
             "train_fits": train_s <= LIMIT_S,
             "eval_fits": eval_s <= min(LIMIT_S, cfg["max_eval_seconds"]),
         })
@@ -389,9 +459,11 @@ def _report(cfg, est, logged_params=None):
     row(f"GPTQ calibration (est.; reserve {cfg['gptq_reserve_seconds']:g} s)", [f"{s['calib_s']:.1f} s" for s in sc])
     lora = est["lora_plan"]
     print(f"  eval workload: {cfg['val_tokens']:,} val tokens, {est['eval_windows']:,} sliding "
-          f"windows x {cfg['train_seq_len']}, TTT {'on' if cfg['ttt_enabled'] else 'off'}"
-          + (f" (LoRA: {len(lora)} batches, {est['ttt_steps']:,} steps per GPU of {cfg['ttt_lora_docs'] * cfg['train_seq_len']:,}"
-             f" tokens; the longest batch {lora[0][2]} steps)" if lora else
+          f"windows x {eval_len(cfg)}, TTT {'on' if cfg['ttt_enabled'] else 'off'}"
+          + (f" (LoRA: {len(lora)} batches, {est['ttt_steps']:,} steps per GPU of {cfg['ttt_lora_docs'] * eval_len(cfg):,}"
+             f" tokens; the longest batch {lora[0][2]} steps" + (f"; {cfg['ttt_phases']} phase(s), global passes over "
+             f"{'/'.join(f'{t:,}' for t in est['pass_tokens'])} tokens, {est['pass_steps']} steps" if est["pass_tokens"] else "")
+             + ")" if lora else
              f" ({est['ttt_chunks']} chunks, {cfg['ttt_epochs']} epoch(s))" if cfg["ttt_enabled"] else ""))
     row("eval MFU (est.)", [f"{s['eval_mfu'] * 100:.1f}%" for s in sc])
     for part in est["eval_flops"]:

@@ -5,10 +5,11 @@ Configuration: as tools/estimate_h100.py (its load_config: the script's defaults
 variables < the `hparams` JSON of --log); estimate_h100.py prints the same lines. ~15 s of CPU.
 
 MEASURED: each phase runs train_gpt.py's own code (Trainer.step, collect_hessians, score_windows, lora_batch,
-lora_init, build_optimizers, Muon) eagerly on CPU on FAKE tensors (torch FakeTensorMode: the real dispatch,
-shapes, dtypes and storages, no arithmetic) at the full per-rank shape: rank 0 of the world (the most Muon
-matrices), the micro-batch TRAIN_BATCH_TOKENS / world / accum sequences (accum = 8 // world, as on CUDA),
-EVAL_BATCH_SEQS windows, LoRA TTT_LORA_DOCS x L / W rows of W tokens. A dispatch hook adds up the bytes of
+Adapters, phase_step, build_optimizers, Muon) eagerly on CPU on FAKE tensors (torch FakeTensorMode: the real
+dispatch, shapes, dtypes and storages, no arithmetic) at the full per-rank shape: rank 0 of the world (the most
+Muon matrices), the micro-batch TRAIN_BATCH_TOKENS / world / accum sequences (accum = 8 // world, as on CUDA),
+EVAL_BATCH_SEQS windows, LoRA TTT_LORA_DOCS x E / W rows of W tokens at the eval context E (every step at the
+whole window W; with warm-started A, every row slot's A alive), a phased TTT's global-pass step (eager only). A dispatch hook adds up the bytes of
 every live tensor storage and keeps the peak: weights, grads, optimizer states, the EMA or priming's snapshot,
 the Hessians, the validation tokens, the tensors autograd saves for backward, and the transients of the
 logits, backward and the optimizer steps. Every optimizer step is a steady-state one (its states exist).
@@ -75,8 +76,13 @@ def train_rows(cfg, world):
     return max(1, cfg["train_batch_tokens"] // (world * accum_steps(cfg, world) * cfg["train_seq_len"]))
 
 
+def eval_len(cfg):
+    """The eval context (train_gpt's eval_context)."""
+    return cfg.get("eval_seq_len") or cfg["train_seq_len"]
+
+
 def lora_rows(cfg, W):
-    return cfg["ttt_lora_docs"] * cfg["train_seq_len"] // W
+    return cfg["ttt_lora_docs"] * eval_len(cfg) // W
 
 
 def calib_rows(cfg, world):
@@ -318,30 +324,45 @@ def measure(tg, cfg, world=WORLD, fake=True, rows=None, groups=GROUPS):
         b = rows or cfg["eval_batch_seqs"]
         model.eval()
         sliding_nll = torch.zeros(n)
-        for name, stride in (("standard eval", L), ("sliding eval", cfg["eval_stride"])) if "eval" in groups else ():
-            plan = tg.window_plan(0, min(n, L + stride * b), L, stride)[:b]  # one batch; the output spans the stream
+        windows = (("standard eval", L, L), ("sliding eval", tg.eval_context(h), cfg["eval_stride"]))
+        for name, T, stride in windows if "eval" in groups else ():
+            plan = tg.window_plan(0, min(n, T + stride * b), T, stride)[:b]  # one batch; the output spans the stream
             sliding_nll = None
             c.reset_peak()
             with torch.inference_mode():
-                sliding_nll = tg.score_windows(model, tokens, plan, L, b, 0, n, 0, 1, torch.device("cpu"))
+                sliding_nll = tg.score_windows(model, tokens, plan, T, b, 0, n, 0, 1, torch.device("cpu"))
             peak[name] = c.peak
         part["output"] = sliding_nll.untyped_storage().nbytes()  # main keeps it through the TTT
         base = c.live
         nll = torch.zeros(n)  # eval_lora's
         part["nll"] = c.live - base
-        init = tg.lora_init(model, h.ttt_lora_rank)
+        E = tg.eval_context(h)
+        adapters = tg.Adapters(model, h, rows or lora_rows(cfg, tg.lora_shapes(E)[0]))
+        if h.ttt_lora_warm_a:  # every slot's trained A, kept between batches
+            adapters.a = [a.clone() for a in adapters.a]
         part["init"] = c.live - base - part["nll"]
         lora_on = "lora" in groups and cfg["ttt_enabled"] and cfg["ttt_mode"] == "lora"
-        for W in tg.lora_shapes(L) if lora_on else ():
+        for W in tg.lora_shapes(E) if lora_on else ():
             R = rows or lora_rows(cfg, W)
-            spans = [(i * W, i * W + 2 * h.ttt_lora_chunk, i * W) for i in range(R)]
+            chunk = h.ttt_lora_chunk  # a segment whose chunks end W and W + chunk tokens after its document's
+            spans = [(i * W + W - chunk, i * W + W + chunk, i * W) for i in range(R)]  # start: both steps at width W
             c.reset_peak()  # 2 steps: an adapting one (AdamW's states alive: steady state), a scoring one
             with saved_bytes(c, part, f"saved lora ttt window {W}"):
-                tg.lora_batch(model, model, tokens, nll, spans, W, R, 2, init, h, lambda k: True)
+                tg.lora_batch(model, model, tokens, nll, spans, W, R, 2, h.ttt_lora_chunk, adapters, h, lambda k: True)
             peak[f"lora ttt window {W}"] = c.peak
-            part[f"adapters {W}"] = R * sum(a.numel() + b.numel() for a, b in init) * 4
+            part[f"adapters {W}"] = R * sum(a.numel() + a.size(-1) * o for a, o in zip(adapters.init, adapters.outs)) * 4
             part[f"adamw temporaries {W}"] = c.step_temporaries
-        del tokens, nbytes, nll, init, sliding_nll
+        if lora_on and h.ttt_phases > 0:  # a phase's global pass: 2 SGD steps (the second with momentum buffers)
+            params = list(model.parameters())
+            opt = torch.optim.SGD(params, lr=0.0, momentum=h.ttt_phase_momentum)
+            ids = torch.zeros(rows or tg.phase_rows(h, world), E, dtype=torch.long)
+            model.train()
+            c.reset_peak()
+            for _ in range(2):
+                tg.phase_step(model, params, opt, ids, ids, 1)
+            peak["ttt global pass"] = c.peak
+            del opt, ids
+        del tokens, nbytes, nll, adapters, sliding_nll
     return peak, part
 
 
@@ -393,21 +414,22 @@ def compiled_saved(tg, cfg, world=WORLD, phases_wanted=None):
                 out[name] = saved(lambda i, t, *ts: torch.func.functional_call(model, dict(zip(state, ts)), (i, t)),
                                   (ids, ids, *state.values()))
         lora_on = cfg["ttt_enabled"] and cfg["ttt_mode"] == "lora"
-        for W in tg.lora_shapes(L) if lora_on else ():
+        for W in tg.lora_shapes(tg.eval_context(h)) if lora_on else ():
             name = f"lora ttt window {W}"
             if phases_wanted is None or name in phases_wanted:
                 with FakeTensorMode():
                     model = tg.GPT(h)
                     model.recur = tg.recur_at_end(h)
-                    adapters = tg.attach_lora(model, tg.lora_init(model, h.ttt_lora_rank), lora_rows(cfg, W))
+                    lora = tg.Adapters(model, h, lora_rows(cfg, W))
+                    adapters = lora.attach(lora_rows(cfg, W))
                     tg.set_trainable(model, [])
                     ids = torch.zeros(lora_rows(cfg, W), W, dtype=torch.long)
-                state, mods = {**dict(model.named_parameters()), **dict(model.named_buffers())}, tg.lora_modules(model)
+                state, mods = {**dict(model.named_parameters()), **dict(model.named_buffers())}, lora.mods
 
-                def f(i, t, *ts, state=state, mods=mods, model=model):
+                def f(i, t, *ts, state=state, mods=mods, model=model, scale=lora.scale):
                     ab = iter(ts[len(state):])
                     for m in mods:
-                        m.lora = (next(ab), next(ab))
+                        m.lora = (next(ab), next(ab), scale)
                     return torch.func.functional_call(model, dict(zip(state, ts)), (i, t), {"reduce": False})
                 out[name] = saved(f, (ids, ids, *state.values(), *adapters))
     return out
@@ -468,6 +490,11 @@ def compose(tg, cfg, world, peak, part):
                     f" {gib(part[f'saved {name}'])} + backward transients); AdamW's foreach step adds"
                     f" {gib(part[f'adamw temporaries {W}'])} of temporaries, after backward (not at the peak);"
                     f" {lora_rows(cfg, W)} rows x {W} tokens"))
+    if "ttt global pass" in peak:
+        out.append(("ttt global pass", peak["ttt global pass"], "measured",
+                    f"weights {gib(part['weights'])} + optimizer states {gib(part['states'])} + validation data and nll"
+                    f" + SGD's momentum (a copy of the weights) + the step (saved activations, grads, backward"
+                    f" transients); {tg.phase_rows(h, world)} rows x {tg.eval_context(h)} tokens"))
     return out
 
 
