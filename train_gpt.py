@@ -43,7 +43,8 @@ class Hyperparameters:
     iterations: int = 20000
     warmup_steps: int = 20  # priming steps, spread over the training states; undone; >= 2 per state compiled
     warmdown_iters: int = 0  # LR decay over the last N steps (0: WARMDOWN_FRAC of the run)
-    warmdown_frac: float = 0.667
+    warmdown_frac: float = 0.85  # PRs #1855, #2135
+    min_lr: float = 0.1  # the LR floor, a fraction of the peak: the warmdown stops there (PRs #1787, #2135)
     max_wallclock_seconds: float = 600.0
     max_eval_seconds: float = 600.0
     train_batch_tokens: int = 786_432
@@ -61,6 +62,7 @@ class Hyperparameters:
     ve_dim: int = 128
     ve_layers: int = 2  # value embeddings in the last N layers (by the vocabulary)
     xsa_last_n: int = -1  # XSA in the last N layers (-1: all)
+    doc_isolation: int = 1  # attention, SmearGate and the bigram hash never cross a BOS (training and eval alike)
     parallel_from: int = 7  # two lanes from the first decoder layer >= this (-1: one lane)
     skip_gates: int = 1  # gated U-Net skips
     recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; the U-Net over all passes)...
@@ -69,6 +71,8 @@ class Hyperparameters:
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     qk_gain_init: float = 5.0
+    smear_window: int = 0  # SmearGate: 0, a static gate per channel; N > 0, a gate on each token's first N dims (PR #1797)
+    attn_gate: int = 12  # each head's output gated by the first N dims of the attention input (0: no gate)
     # optimizers
     matrix_lr: float = 0.025
     embed_lr: float = 0.035
@@ -77,14 +81,19 @@ class Hyperparameters:
     muon_momentum_warmup_start: float = 0.92
     muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5
+    ns_coeffs: str = "polar"  # Newton-Schulz: "polar" (Polar Express, a tuple per iteration) or "quintic"
     muon_row_norm: int = 1  # MuonEq-R: rows normalised before Newton-Schulz
-    weight_decay: float = 0.09
+    weight_decay: float = 0.095  # the matrices' (Muon)
+    embed_wd: float = 0.085
+    scalar_wd: float = 0.02
+    adam_beta2: float = 0.99  # the embeddings' and scalars' AdamW
     grad_clip_norm: float = 0.3
     ema_decay: float = 0.9965
     # quantization and artifact
-    qat_threshold: float = 0.15  # late QAT once the LR multiplier falls below this
+    qat_threshold: float = 0.15  # late QAT once the warmdown's multiplier falls below this (MIN_LR or not)
     embed_bits: int = 5  # the tied embedding's bits (by the vocabulary)
     byte_cap: int = BYTE_CAP  # over it, the export coarsens steps where a byte costs the least loss
+    lqer_rank: int = 4  # over the cap, a tensor may ship rank-N int4 factors of its quantization error (0: never)
     gptq_calib_seqs: int = 64  # training sequences for the Hessians (0: round to nearest)
     gptq_reserve_seconds: float = 2.0  # seconds of the training clock kept for them (at least 2x their primed time)
     # evaluation and TTT
@@ -173,6 +182,7 @@ def eval_context(h: Hyperparameters) -> int:
 # random positions of all shards (diverse batches: PR #726 -> #1060 of the challenge's lineage).
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+BOS_ID = 1  # SPEC: a document is [BOS] + its tokens (load_tokenizer checks the id)
 VAL_PATTERN = "fineweb_val_[0-9]*.bin"  # validation tokens (fineweb_val_NNNNNN.bin)
 SIDECAR_PATTERN = "fineweb_val_bytes_[0-9]*.bin"  # each validation token's original UTF-8 bytes (CaseOps data)
 DATA_HINT = "(get the SP8192 CaseOps data with: python3 data/get_caseops.py; other routes: README)"
@@ -277,7 +287,7 @@ def load_tokenizer(h: Hyperparameters):
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
     if h.vocab_size not in (0, sp.vocab_size()):
         raise RunError(f"VOCAB_SIZE={h.vocab_size} but {h.tokenizer_path} has {sp.vocab_size()} pieces (unset VOCAB_SIZE to take the tokenizer's)")
-    if sp.bos_id() != 1 or sp.encode(" "):  # documents start with BOS = 1; the byte count needs spaces normalised
+    if sp.bos_id() != BOS_ID or sp.encode(" "):  # documents start with BOS = 1; the byte count needs spaces normalised
         raise RunError(f"{h.tokenizer_path}: BOS id {sp.bos_id()} (need 1) or spaces kept as pieces (need them collapsed, as the challenge's tokenizers do)")
     h.vocab_size = sp.vocab_size()
     return sp
@@ -409,21 +419,24 @@ class QEmbedding(QATMixin, nn.Embedding):
     def forward(self, ids):
         return F.embedding(ids, self.qweight())
 
-def bigram_buckets(ids: torch.Tensor, buckets: int) -> torch.Tensor:
-    """Hash of (previous, current) token; position 0 of each sequence gets bucket B-1."""
+def bigram_buckets(ids: torch.Tensor, buckets: int, isolated: bool = False) -> torch.Tensor:
+    """Hash of (previous, current) token; position 0 of each sequence gets bucket B-1, and so does every BOS
+    when documents are isolated (its previous token is another document's)."""
     h = torch.bitwise_xor(36313 * ids[..., 1:], 27191 * ids[..., :-1]) % (buckets - 1)
-    return torch.cat([torch.full_like(ids[..., :1], buckets - 1), h], -1)
+    b = torch.cat([torch.full_like(ids[..., :1], buckets - 1), h], -1)
+    return torch.where(ids == BOS_ID, buckets - 1, b) if isolated else b
 
 class BigramHash(nn.Module):
-    def __init__(self, buckets: int, dim: int, model_dim: int):
+    def __init__(self, buckets: int, dim: int, model_dim: int, isolated: bool):
         super().__init__()
         self.buckets = buckets
+        self.isolated = isolated
         self.table = QEmbedding(buckets, dim, 0.0)
         self.proj = CastedLinear(dim, model_dim)
         self.scale = nn.Parameter(torch.tensor(0.05))
 
     def forward(self, ids):
-        return self.scale * self.proj(self.table(bigram_buckets(ids, self.buckets)))
+        return self.scale * self.proj(self.table(bigram_buckets(ids, self.buckets, self.isolated)))
 
 def rope_tables(seq_len: int, rope_dims: int, base: float):
     inv = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
@@ -437,22 +450,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., :h], x[..., h:2 * h]
     return torch.cat([x1 * c + x2 * s, x2 * c - x1 * s, x[..., 2 * h:]], -1)
 
-try:
-    from flash_attn_interface import flash_attn_func as flash_attn_3  # FlashAttention-3 (Hopper)
+try:  # FlashAttention-3 (Hopper): fixed-length rows, and documents packed end to end (varlen)
+    from flash_attn_interface import flash_attn_func as flash_attn_3, flash_attn_varlen_func as flash_attn_3_varlen
 except ImportError:
     flash_attn_3 = None
+    flash_attn_3_varlen = None
 
 def attention_kernel(device: torch.device, allow_fa3: bool = True) -> str:
     return "flash_attn_3" if allow_fa3 and flash_attn_3 is not None and device.type == "cuda" else "sdpa"
 
+def document_layout(ids: torch.Tensor, allow_fa3: bool = True) -> torch.Tensor:
+    """What attention needs to stay inside documents (each begins at a BOS; a row's first tokens continue one
+    that began before it), for the kernel that runs: FlashAttention-3's varlen boundaries (int32 offsets of every
+    document's first token in the flattened batch, then B*T), else SDPA's mask (B,1,T,T): causal and same-document."""
+    B, T = ids.shape
+    starts = ids == BOS_ID
+    if attention_kernel(ids.device, allow_fa3) == "flash_attn_3":
+        first = torch.arange(T, device=ids.device) == 0
+        ends = torch.full((1,), B * T, dtype=torch.long, device=ids.device)
+        return torch.cat([(starts | first).flatten().nonzero().flatten(), ends]).int()
+    doc = torch.cumsum(starts.int(), -1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     allow_fa3: bool = True) -> torch.Tensor:
-    """Causal GQA attention on (B,T,H,D) tensors: FlashAttention-3 on CUDA when installed."""
+                     allow_fa3: bool = True, docs: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal GQA attention on (B,T,H,D) tensors: FlashAttention-3 on CUDA when installed. Given `docs`
+    (document_layout's, for the same kernel), a token attends only to its own document's earlier tokens."""
+    B, T, H, D = q.shape
     if attention_kernel(q.device, allow_fa3) == "flash_attn_3":
-        y = flash_attn_3(q, k, v, softmax_scale=scale, causal=True)
-        return y[0] if isinstance(y, tuple) else y  # some releases also return the LSE
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       is_causal=True, scale=scale, enable_gqa=k.size(2) != q.size(2))
+        if docs is None:
+            y = flash_attn_3(q, k, v, softmax_scale=scale, causal=True)
+        else:
+            flat = [t.reshape(B * T, t.size(2), D) for t in (q, k, v)]
+            y = flash_attn_3_varlen(*flat, docs, docs, T, T, softmax_scale=scale, causal=True)
+        y = y[0] if isinstance(y, tuple) else y  # some releases also return the LSE
+        return y.view(B, T, H, D)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=docs,
+                                       is_causal=docs is None, scale=scale, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
 
 def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -462,6 +497,8 @@ def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     vn = F.normalize(v.float(), dim=-1).to(y.dtype).unsqueeze(3)  # (B,T,Hkv,1,D)
     y = y.view(B, T, v.size(2), H // v.size(2), D)
     return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
+
+ATTN_GATE_SCALE = 0.5  # PRs #1855, #2135
 
 class Attention(nn.Module):
     def __init__(self, h: Hyperparameters, xsa: bool, use_ve: bool):
@@ -476,10 +513,13 @@ class Attention(nn.Module):
         self.proj = CastedLinear(d, d, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.nh,), h.qk_gain_init))
         self.ve_gain = nn.Parameter(torch.tensor(1.0)) if use_ve else None
+        self.gate_dims = h.attn_gate
+        if h.attn_gate > 0:  # sparse output gate (PR #1787): 1/2 at init
+            self.gate = nn.Parameter(torch.zeros(self.nh, h.attn_gate))
         self.xsa = xsa
         self.allow_fa3 = bool(h.flash_attn)
 
-    def forward(self, x, cos, sin, ve=None):
+    def forward(self, x, cos, sin, ve=None, docs=None):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.nh, self.hd)
         k = self.k(x).view(B, T, self.nkv, self.hd)
@@ -488,9 +528,11 @@ class Attention(nn.Module):
             v = v + (self.ve_gain * ve).view(B, T, self.nkv, self.hd).to(v.dtype)
         q = (apply_rope(rms_norm(q), cos, sin) * self.q_gain[:, None].to(v.dtype)).to(v.dtype)
         k = apply_rope(rms_norm(k), cos, sin).to(v.dtype)
-        y = causal_attention(q, k, v, self.hd ** -0.5, self.allow_fa3)
+        y = causal_attention(q, k, v, self.hd ** -0.5, self.allow_fa3, docs)
         if self.xsa:
             y = exclusive_self_attention(y, v)
+        if self.gate_dims > 0:  # per head: sigmoid(ATTN_GATE_SCALE x W_h . x[:N])
+            y = y * torch.sigmoid(ATTN_GATE_SCALE * x[..., :self.gate_dims] @ self.gate.T.to(x.dtype))[..., None]
         return self.proj(y.reshape(B, T, -1))
 
 class MLP(nn.Module):
@@ -514,10 +556,10 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(d))
         self.in_scale = 1.0 / math.sqrt(i + 1)
 
-    def forward(self, x, x0, cos, sin, ve=None, lane=None):
+    def forward(self, x, x0, cos, sin, ve=None, lane=None, docs=None):
         """One residual stream; given `lane`, two (PR #1435): attention updates x, the MLP `lane`."""
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve)
+        x = x + self.attn_scale * self.attn(rms_norm(x) * self.in_scale, cos, sin, ve, docs)
         y = x if lane is None else lane
         y = y + self.mlp_scale * self.mlp(rms_norm(y) * self.in_scale)
         return y if lane is None else (x, y)
@@ -548,8 +590,12 @@ class GPT(nn.Module):
         self.h = h
         d = h.model_dim
         self.tok_emb = QEmbedding(h.vocab_size, d, 0.005, 2 ** (h.embed_bits - 1) - 1)
-        self.bigram = BigramHash(h.bigram_buckets, h.bigram_dim, d)
-        self.smear_gate = nn.Parameter(torch.zeros(d))
+        self.bigram = BigramHash(h.bigram_buckets, h.bigram_dim, d, bool(h.doc_isolation))
+        if h.smear_window > 0:  # content-conditioned (PR #1797): x_t + lambda sigmoid(w . x_t[:N]) x_{t-1}; 0 at init
+            self.smear_gate = nn.Parameter(torch.zeros(h.smear_window))
+            self.smear_lambda = nn.Parameter(torch.zeros(()))
+        else:  # static: lerp(x_t, x_{t-1}, sigmoid(g)) per channel
+            self.smear_gate = nn.Parameter(torch.zeros(d))
         kv_dim = h.num_kv_heads * (d // h.num_heads)
         if h.ve_layers > 0:  # value embeddings: one table and projection shared by the last layers
             self.ve_table = QEmbedding(h.vocab_size, h.ve_dim, 0.01)
@@ -583,9 +629,9 @@ class GPT(nn.Module):
     def hidden(self, ids: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The final-norm hidden state: the input of the tied embedding's output role."""
         x = rms_norm(F.embedding(ids, emb) + self.bigram(ids))
-        g = torch.sigmoid(self.smear_gate)
-        x = torch.cat([x[:, :1], (1 - g) * x[:, 1:] + g * x[:, :-1]], 1)
+        x = self.smear(x, ids)
         x0 = x
+        docs = document_layout(ids, self.blocks[0].attn.allow_fa3) if self.h.doc_isolation else None
         ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
         plan = layer_plan(len(self.blocks), self.recur_layers if self.recur else ())
         skips = []
@@ -600,11 +646,24 @@ class GPT(nn.Module):
                     lane = None if lane is None else self.add_skip(e, lane, s)
             if lane is None and j >= 0 and 0 <= pf <= i:
                 lane = x
-            out = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None, lane)
+            out = blk(x, x0, self.rope_cos, self.rope_sin, ve if blk.attn.ve_gain is not None else None, lane, docs)
             x, lane = out if lane is not None else (out, None)
             if j < 0:
                 skips.append(x)
         return rms_norm(x if lane is None else torch.lerp(lane, x, self.lane_merge.to(x.dtype)))
+
+    def smear(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """SmearGate: each token takes in some of the previous one (none at a BOS when documents are isolated)."""
+        N = self.h.smear_window
+        cur, prev = x[:, 1:], x[:, :-1]
+        if N > 0:
+            g = self.smear_lambda.to(x.dtype) * torch.sigmoid(cur[..., :N] @ self.smear_gate.to(x.dtype))[..., None]
+        else:
+            g = torch.sigmoid(self.smear_gate).to(x.dtype)
+        if self.h.doc_isolation:
+            g = g * (ids[:, 1:, None] != BOS_ID).to(x.dtype)
+        mixed = cur + g * prev if N > 0 else torch.lerp(cur, prev, g)
+        return torch.cat([x[:, :1], mixed], 1)
 
     def add_skip(self, e: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         s = self.skip_weights[e].to(x.dtype) * skip  # gated: lerp(s, x, sigmoid(g)), half-half at g = 0
@@ -628,17 +687,34 @@ def all_reduce(t: torch.Tensor, world: int, op=None) -> torch.Tensor:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
 
-def zeropower_ns5(G: torch.Tensor, steps: int) -> torch.Tensor:
-    """Newton-Schulz quintic orthogonalisation of a batch of matrices (B,R,C), in bf16. Eager: each iteration
-    is three batched matmuls whose scaled sums baddbmm fuses, which is what a compiled graph would run
+# Newton-Schulz iterations X <- a X + (b A + c A A) X, A = X X^T: the same quintic every time (Muon's), or Polar
+# Express's tuple per iteration (Amsel et al. 2025, the coefficients PR #1787 runs; its first drives small singular
+# values up fastest, the later ones settle them near 1).
+NS_QUINTIC = (3.4445, -4.7750, 2.0315)
+NS_POLAR = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+            (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+            (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+            (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+            (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+def ns_coefficients(name: str, steps: int) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of `steps` iterations: NS_COEFFS "quintic", or "polar" (its first `steps` tuples)."""
+    if name == "quintic":
+        return [NS_QUINTIC] * steps
+    if name == "polar" and steps <= len(NS_POLAR):
+        return list(NS_POLAR[:steps])
+    raise RunError(f"NS_COEFFS={name!r} with MUON_BACKEND_STEPS={steps}: need quintic, or polar with at most {len(NS_POLAR)} steps")
+
+def newton_schulz(G: torch.Tensor, coeffs: list[tuple[float, float, float]]) -> torch.Tensor:
+    """Orthogonalises a batch of matrices (B,R,C) in bf16, an iteration per (a, b, c) of coeffs. Eager: each
+    iteration is three batched matmuls whose scaled sums baddbmm fuses, which is what a compiled graph would run
     (a graph per matrix shape would cost compile time and nothing else)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    for a, b, c in coeffs:
         A = torch.bmm(X, X.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A A
         X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
@@ -652,9 +728,9 @@ class Muon(torch.optim.Optimizer):
     """Momentum + Nesterov, orthogonalised update, decoupled weight decay. Matrices of one shape are
     batched; rank r orthogonalises every world-th of them, and one all-reduce shares the updates."""
 
-    def __init__(self, params, lr, momentum, weight_decay, ns_steps, rank=0, world=1, row_norm=False):
+    def __init__(self, params, lr, momentum, weight_decay, coeffs, rank=0, world=1, row_norm=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_steps = ns_steps
+        self.coeffs = coeffs
         self.rank = rank
         self.world = world
         self.row_norm = row_norm
@@ -677,7 +753,7 @@ class Muon(torch.optim.Optimizer):
                     buf.mul_(mom).add_(ps[i].grad)
                     g = ps[i].grad.add(buf, alpha=mom)
                     gs.append(row_normalize(g) if self.row_norm else g)
-                u = zeropower_ns5(torch.stack(gs), self.ns_steps) * max(1.0, shape[0] / shape[1]) ** 0.5
+                u = newton_schulz(torch.stack(gs), self.coeffs) * max(1.0, shape[0] / shape[1]) ** 0.5
                 for k, i in enumerate(mine):
                     flat[offs[i]:offs[i + 1]] = u[k].flatten()
             all_reduce(flat, self.world)
@@ -688,12 +764,12 @@ def build_optimizers(model: GPT, h: Hyperparameters, rank: int, world: int, fuse
     muon_ids = {id(m.weight) for m in model.modules() if isinstance(m, CastedLinear)}
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, QEmbedding)}
     params = list(model.parameters())
-    muon = Muon([p for p in params if id(p) in muon_ids], h.matrix_lr, h.muon_momentum,
-                h.weight_decay, h.muon_backend_steps, rank, world, bool(h.muon_row_norm))
+    muon = Muon([p for p in params if id(p) in muon_ids], h.matrix_lr, h.muon_momentum, h.weight_decay,
+                ns_coefficients(h.ns_coeffs, h.muon_backend_steps), rank, world, bool(h.muon_row_norm))
     adam = torch.optim.AdamW(
-        [dict(params=[p for p in params if id(p) in embed_ids], lr=h.embed_lr),
-         dict(params=[p for p in params if id(p) not in muon_ids | embed_ids], lr=h.scalar_lr)],
-        betas=(0.9, 0.95), eps=1e-8, weight_decay=h.weight_decay, fused=fused)
+        [dict(params=[p for p in params if id(p) in embed_ids], lr=h.embed_lr, weight_decay=h.embed_wd),
+         dict(params=[p for p in params if id(p) not in muon_ids | embed_ids], lr=h.scalar_lr, weight_decay=h.scalar_wd)],
+        betas=(0.9, h.adam_beta2), eps=1e-8, fused=fused)
     for opt in (muon, adam):
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
@@ -703,7 +779,7 @@ def warmdown_steps(h: Hyperparameters, total_steps: int) -> int:
     return h.warmdown_iters if h.warmdown_iters > 0 else round(h.warmdown_frac * total_steps)
 
 def lr_multiplier(step: int, total_steps: int, warmdown: int) -> float:
-    """1 until the last `warmdown` steps, then linear to 0 at total_steps."""
+    """1 until the last `warmdown` steps, then linear to 0 at total_steps (the LR follows it down to MIN_LR)."""
     return 1.0 if warmdown <= 0 else max(0.0, min(1.0, (total_steps - step) / warmdown))
 
 def predict_stop(step: int, elapsed_ms: float, plain_ms: float, qat_ms: float, wallclock_ms: float,
@@ -749,6 +825,8 @@ ARTIFACT_MAGIC = b"PGQNT\x00\x00\x02"
 ZSTD_LEVEL = 16  # won every measurement of 16, 19 and 22 (bench/export_ab.py, bench/full_size_artifact.py)
 RD_STEPS = tuple(1.1 ** k for k in range(-2, 21))  # the ladder: step x 0.83 .. 6.7 over the least-error clip's...
 RD_PRUNE = (0.0, 0.5, 1.0)  # ...each with this share of its +-1 symbols zeroed, cheapest first
+LQER_QMAX = 7  # LQER's factors (LQER_RANK): int4 codes, A's per column and B's per row, fp16 scales...
+LQER_CLIP_FRACS = tuple(0.75 ** k for k in range(13))  # ...each clipped at the least weighted error, down to 3% of its max
 
 def quantize_state(state: dict, qmax: dict, hessians: dict | None = None, log=print, steps: dict | None = None) -> dict:
     """name -> ('q', codes, scale, qmax) or ('raw', fp32 tensor); `steps`: name -> a multiplier of its row
@@ -781,15 +859,22 @@ def pack_artifact(qstate: dict, level: int = ZSTD_LEVEL) -> bytes:
     import zstandard
     arrays = []
     qmax = {}
+    lqer = []
     for name, entry in qstate.items():
         if entry[0] == "q":
             qmax[name] = entry[3]
             arrays.append((name + ".q", (entry[1].numpy().astype(np.int16) + entry[3]).astype(np.uint8)))
             arrays.append((name + ".scale", entry[2].numpy().astype("<f2")))
+            if len(entry) > 4:  # LQER factors: A's codes (rows, r) and column scales, B's codes (r, cols) and row scales
+                lqer.append(name)
+                qa, sa, qb, sb = entry[4]
+                for part, codes, scale in ((".lqa", qa, sa), (".lqb", qb, sb)):
+                    arrays.append((name + part, (codes.numpy().astype(np.int16) + LQER_QMAX).astype(np.uint8)))
+                    arrays.append((name + part + "_scale", scale.numpy().astype("<f2")))
         else:
             arrays.append((name, entry[1].numpy().astype("<f4")))
     arrays.sort(key=lambda a: not a[0].endswith(".q"))  # the symbols together compress best
-    header = json.dumps({"qmax": qmax, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
+    header = json.dumps({"qmax": qmax, "lqer": lqer, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}).encode()
     blob = ARTIFACT_MAGIC + struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for _, a in arrays)
     return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(blob)
 
@@ -823,6 +908,12 @@ def unpack_artifact(data: bytes) -> dict:
         for name, qmax in header["qmax"].items():
             q = torch.from_numpy(arrays.pop(name + ".q").astype(np.int16) - qmax)
             out[name] = dequantize_int5(q, torch.from_numpy(arrays.pop(name + ".scale").copy()))
+        for name in header.get("lqer", []):  # (containers before LQER have no such list)
+            a, sa, b, sb = (torch.from_numpy(arrays.pop(name + part).astype(np.float32))
+                            for part in (".lqa", ".lqa_scale", ".lqb", ".lqb_scale"))
+            if (a.size(0), b.size(1)) != tuple(out[name].shape) or not a.size(1) == b.size(0) == len(sa) == len(sb):
+                raise ValueError(f"LQER factors of {name} do not fit it")
+            out[name] = out[name] + lqer_product((a - LQER_QMAX, sa, b - LQER_QMAX, sb))
         out.update({n: torch.from_numpy(a.astype(np.float32)) for n, a in arrays.items()})
         return out
     except (ValueError, KeyError, TypeError, struct.error) as e:
@@ -887,11 +978,51 @@ def zero_cost(q: torch.Tensor, s: torch.Tensor, w: torch.Tensor, weight: torch.T
     ones = (q.abs() == 1).flatten().nonzero().squeeze(1)
     return (weight * (w * w - (q * s - w) ** 2) / 2).flatten()[ones], ones
 
-def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+def entropy_bits(codes: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Order-0 entropy, in bits, of symmetric integer codes in [-qmax, qmax]."""
+    c = torch.bincount((codes + qmax).flatten().long(), minlength=2 * qmax + 1)
+    return -(c * torch.where(c > 0, c / c.sum(), 1).log2()).sum()
+
+def low_rank(M: torch.Tensor, rank: int, iters: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """M ~ L R with L (rows, rank), R (rank, cols), each carrying the square root of the singular values: subspace
+    iteration from a fixed start (the same factors every run), then an exact SVD of the small projection."""
+    start = torch.randn(M.size(1), rank + 4, generator=torch.Generator().manual_seed(0)).to(M)
+    Q = torch.linalg.qr(M @ start).Q
+    for _ in range(iters):
+        Q = torch.linalg.qr(M @ (M.T @ Q)).Q
+    U, S, Vh = torch.linalg.svd(Q.T @ M, full_matrices=False)
+    root = S[:rank].sqrt()
+    return (Q @ U[:, :rank]) * root, root[:, None] * Vh[:rank]
+
+def lqer_factors(E: torch.Tensor, weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, ...]:
+    """LQER (PR #1797): rank-`rank` factors A B of a quantization error E, as int4 codes and scales (A codes
+    (rows, r), A's column scales, B codes (r, cols), B's row scales). They minimise the loss-weighted error
+    sum w_ij (E - A B)_ij^2 exactly for a matrix, whose weight is a product r_i c_j (rd_weight); a table's
+    per-entry weight is taken as the product of its row and column means."""
+    r = weight.mean(1)
+    c = weight.mean(0) / weight.mean().clamp_min(1e-30)
+    r, c = (v.clamp_min(1e-6 * float(v.max().clamp_min(1e-30))).sqrt() for v in (r, c))
+    A, B = low_rank(E.float() * r[:, None] * c, rank)
+    qa, sa = quantize_int5((A / r[:, None]).T, r * r, LQER_CLIP_FRACS, LQER_QMAX)  # clipped where it costs least:
+    qb, sb = quantize_int5(B / c, c * c, LQER_CLIP_FRACS, LQER_QMAX)  # rows that weigh little may be large
+    return qa.T, sa, qb, sb
+
+def lqer_product(factors) -> torch.Tensor:
+    """A B from lqer_factors' codes and scales."""
+    qa, sa, qb, sb = factors
+    return (qa.float() * sa.float()) @ (qb.float() * sb.float()[:, None])
+
+def lqer_bits(factors) -> torch.Tensor:
+    qa, sa, qb, sb = factors
+    return entropy_bits(qa, LQER_QMAX) + entropy_bits(qb, LQER_QMAX) + 16 * (len(sa) + len(sb))
+
+def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: int, lqer_rank: int = 0) -> torch.Tensor:
     """(bits, loss) of each candidate for one tensor -- rounded to nearest at its row steps x each of RD_STEPS,
-    then each share of RD_PRUNE of its +-1 symbols zeroed where that costs least -- as (candidates, 2)."""
+    then each share of RD_PRUNE of its +-1 symbols zeroed where that costs least; with LQER_RANK, then each step
+    again, nothing zeroed, plus its error's LQER factors (a tensor too small for them: never chosen) -- as (candidates, 2)."""
     w = w.float()
     out = []
+    lqer = []
     for m in RD_STEPS:
         s = (scale.float() * m).half().float().to(w.device)[:, None]
         q = torch.clamp(torch.round(w / s), -qmax, qmax)
@@ -900,27 +1031,34 @@ def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: 
         err = (weight * (q * s - w) ** 2).sum().double() / 2  # before any zeroing: once per step
         for share in RD_PRUNE:
             k = round(share * len(cost))
-            c = torch.bincount((q + qmax).flatten().long().index_fill(0, ones[order[:k]], qmax), minlength=2 * qmax + 1)
-            bits = -(c * torch.where(c > 0, c / c.sum(), 1).log2()).sum()  # order-0 entropy
+            bits = entropy_bits(q.flatten().index_fill(0, ones[order[:k]], 0), qmax)
             out.append(torch.stack([bits.double(), err + cost[:k].sum()]))
-    return torch.stack(out).cpu()
+        if lqer_rank > 0 and 2 * lqer_rank > min(w.shape):
+            lqer.append(torch.tensor([0.0, math.inf], dtype=torch.float64, device=w.device))
+        elif lqer_rank > 0:
+            f = lqer_factors(w - q * s, weight, lqer_rank)
+            e = (weight * (q * s + lqer_product(f).to(w.device) - w) ** 2).sum().double() / 2
+            lqer.append(torch.stack([(entropy_bits(q, qmax) + lqer_bits(f)).double(), e]))
+    return torch.stack(out + lqer).cpu()
 
 def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict | None = None,
-                      cap: int = BYTE_CAP, log=print) -> tuple[bytes, dict]:
+                      cap: int = BYTE_CAP, log=print, lqer_rank: int = 0) -> tuple[bytes, dict]:
     """Quantizes and packs; over the cap, one Lagrange multiplier picks each tensor's candidate of its ladder (rd_ladder)
     for the least loss within an aim in predicted bytes (the candidates' entropy + the rest of the first pack), realised
-    by packing (GPTQ at the chosen steps); the aim is bisected over <= 6 more packs towards 0-0.2% under the cap."""
+    by packing (GPTQ at the chosen steps, LQER factors of GPTQ's own error); the aim is bisected over <= 6 more packs
+    towards 0-0.2% under the cap."""
     qstate = quantize_state(state, qmax, hessians, log)
     blob = pack_artifact(qstate)
     budget = cap - code_bytes
     names = sorted(qmax)
-    info = dict(level=ZSTD_LEVEL, pruned=0, pruned_frac=0.0, packs=1, steps={})
+    info = dict(level=ZSTD_LEVEL, pruned=0, pruned_frac=0.0, packs=1, steps={}, lqer=[])
     if len(blob) <= budget:
         return blob, info
     weight = {n: rd_weight(n, state[n], hessians) for n in names}
     typical = torch.tensor([float(v.mean()) for v in weight.values() if v is not None] or [1.0]).median()
     weight = {n: torch.full_like(state[n].float(), float(typical)) if v is None else v for n, v in weight.items()}
-    ladder = torch.stack([rd_ladder(state[n], weight[n], qstate[n][2], qmax[n]) for n in names])  # (T, K, 2)
+    ladder = torch.stack([rd_ladder(state[n], weight[n], qstate[n][2], qmax[n], lqer_rank) for n in names])  # (T, K, 2)
+    plain = len(RD_STEPS) * len(RD_PRUNE)  # the candidates from here on add LQER factors (rd_ladder)
     fixed = len(blob) - float(ladder[:, RD_STEPS.index(1.0) * len(RD_PRUNE), 0].sum()) / 8  # today's candidate: the rest
     aim = 0.999 * budget
     fit_aim = 0.0
@@ -937,17 +1075,23 @@ def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict |
         pick = (ladder[..., 1] + 2.0 ** hi * ladder[..., 0]).argmin(1)
         out = dict(qstate)
         zeroed = {}
-        steps = {n: RD_STEPS[int(k) // len(RD_PRUNE)] for n, k in zip(names, pick)}
+        steps = {n: RD_STEPS[k // len(RD_PRUNE) if k < plain else k - plain] for n, k in zip(names, pick.tolist())}
         for n, k in zip(names, pick.tolist()):
             if (n, steps[n]) not in cache:
                 cache[n, steps[n]] = quantize_state({n: state[n]}, qmax, hessians, log, steps)[n]
             _, q, scale, L = cache[n, steps[n]]
-            cost, ones = zero_cost(q, scale.float()[:, None], state[n].float().cpu(), weight[n].cpu())
-            zeroed[n] = ones[cost.argsort(stable=True)[:round(RD_PRUNE[k % len(RD_PRUNE)] * len(ones))]]
+            w = state[n].float().cpu()
+            cost, ones = zero_cost(q, scale.float()[:, None], w, weight[n].cpu())
+            zeroed[n] = ones[cost.argsort(stable=True)[:round(RD_PRUNE[k % len(RD_PRUNE)] * len(ones)) if k < plain else 0]]
             out[n] = ("q", q.flatten().index_fill(0, zeroed[n], 0).view_as(q), scale, L)
+            if k >= plain:
+                if (n, steps[n], "lqer") not in cache:
+                    cache[n, steps[n], "lqer"] = lqer_factors(w - dequantize_int5(q, scale), weight[n].cpu(), lqer_rank)
+                out[n] = out[n] + (cache[n, steps[n], "lqer"],)
         blob = pack_artifact(out)
         pruned = sum(len(z) for z in zeroed.values())
-        info.update(packs=info["packs"] + 1, steps=steps, pruned=pruned, pruned_frac=pruned / sum(state[n].numel() for n in names))
+        info.update(packs=info["packs"] + 1, steps=steps, pruned=pruned, pruned_frac=pruned / sum(state[n].numel() for n in names),
+                    lqer=[n for n in names if len(out[n]) > 4])
         if len(blob) <= budget and (best is None or len(blob) > len(best[0])):
             best = blob, dict(info)
         if 0.998 * budget <= len(blob) <= budget:
@@ -1060,7 +1204,7 @@ def reduce_max(rt, *values: float) -> list[float]:
     """The largest of each value over the ranks: inputs every rank decides on alike."""
     return all_reduce(torch.tensor(values, dtype=torch.float64, device=rt.device), rt.world, dist.ReduceOp.MAX).tolist()
 
-def doc_spans(tokens: torch.Tensor, n: int, bos: int = 1) -> list[tuple[int, int]]:
+def doc_spans(tokens: torch.Tensor, n: int, bos: int = BOS_ID) -> list[tuple[int, int]]:
     """Each document's targets [lo, hi): inputs from its BOS (or the stream's start) on; its
     last target is the next document's BOS. Every target 0..n-1 lies in exactly one span."""
     starts = [0] + ((tokens[1:n] == bos).nonzero().flatten() + 1).tolist()  # SPEC: a document is [BOS] + tokens
@@ -1446,6 +1590,7 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
     E = eval_context(h)
     chunks = [h.ttt_lora_chunk] + [c for _, c in parse_chunk_schedule(h.ttt_lora_chunk_schedule)]
     lora_targets(h.ttt_lora_targets)
+    ns_coefficients(h.ns_coeffs, h.muon_backend_steps)
     for bad, msg in [
         (h.train_batch_tokens % (world * accum * L), f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} does not split into {world} ranks x {accum} micro-batches of TRAIN_SEQ_LEN={L}"),
         (h.gptq_calib_seqs % world, f"GPTQ_CALIB_SEQS={h.gptq_calib_seqs} does not split into {world} ranks"),
@@ -1458,7 +1603,11 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (not 0 <= h.qat_threshold <= 1, f"need 0 <= QAT_THRESHOLD={h.qat_threshold:g} <= 1 (a fraction of the peak LR)"),
         (not 0 <= h.eval_margin_seconds < h.max_eval_seconds, f"need 0 <= EVAL_MARGIN_SECONDS={h.eval_margin_seconds:g} < MAX_EVAL_SECONDS={h.max_eval_seconds:g}"),
         (h.artifact_path and not h.eval_only, f"ARTIFACT_PATH={h.artifact_path!r} is read by EVAL_ONLY=1 alone (a training run writes OUT_DIR's artifact)"),
-        (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1")]:
+        (not (h.warmdown_iters > 0 or 0 < h.warmdown_frac <= 1) or h.parallel_from < -1, "need WARMDOWN_ITERS > 0 or 0 < WARMDOWN_FRAC <= 1, and PARALLEL_FROM >= -1"),
+        (not 0 <= h.min_lr <= 1 or not 0 <= h.adam_beta2 < 1, f"need 0 <= MIN_LR={h.min_lr:g} <= 1 (a fraction of the peak LR) and 0 <= ADAM_BETA2 < 1"),
+        (not 0 <= h.smear_window <= h.model_dim or not 0 <= h.attn_gate <= h.model_dim or h.doc_isolation not in (0, 1),
+         f"need 0 <= SMEAR_WINDOW, ATTN_GATE <= MODEL_DIM={h.model_dim} and DOC_ISOLATION 0 or 1"),
+        (h.lqer_rank < 0, f"need LQER_RANK >= 0 (0: no LQER factors), not {h.lqer_rank}")]:
         if bad:
             raise RunError(msg)
     parse_recur(h.recur_layers, h.num_layers)
@@ -1520,7 +1669,11 @@ def setup(h: Hyperparameters) -> Runtime:
     log(vocab_line)
     if rt.compile and attention_kernel(device, bool(h.flash_attn)) == "flash_attn_3":
         q = torch.zeros(1, 128, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
-        why = fullgraph_error(lambda t: causal_attention(t, t, t, 0.125), q)  # forward and backward, as training runs it
+        ids = torch.where(torch.arange(128, device=device) % 48 == 0, BOS_ID, 5)[None]  # three documents (DOC_ISOLATION)
+        if h.doc_isolation:  # the varlen boundaries are a data-dependent shape inside the graph
+            torch._dynamo.config.capture_dynamic_output_shape_ops = True
+        layout = (lambda: document_layout(ids)) if h.doc_isolation else (lambda: None)
+        why = fullgraph_error(lambda t: causal_attention(t, t, t, 0.125, True, layout()), q)  # forward and backward, as training runs it
         if reduce_max(rt, float(why is not None))[0]:  # any rank: all fall back alike
             h.flash_attn = 0
             log(f"flash_attn_3 does not trace under torch.compile(fullgraph=True) ({why or 'on another rank'}); using SDPA")
@@ -1713,11 +1866,11 @@ class Trainer:
                 recur_at_ms = self.elapsed_ms(t0)
                 log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
             mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
-            if qat_from is None and mult < h.qat_threshold:
+            if qat_from is None and mult < h.qat_threshold:  # before MIN_LR's floor: QAT starts as it did without one
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0)
                 log(f"qat: round-to-nearest on at step {step} (lr multiplier {mult:.3f})")
                 self.unprimed(("train", model.recur, True), "the QAT step without the recurrence")
-            loss = self.step(*self.batch(), mult, step, qat_from is not None)
+            loss = self.step(*self.batch(), max(mult, h.min_lr), step, qat_from is not None)
             with torch.no_grad():
                 d = min(h.ema_decay, (1 + step) / (10 + step))
                 torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1 - d)
@@ -1770,7 +1923,8 @@ def export(h: Hyperparameters, rt: Runtime, model: GPT, artifact: Path, code_byt
            hessians: dict | None) -> tuple[int, dict]:
     """Rank 0 writes the artifact (within the cap or not at all); every rank learns the outcome."""
     def write() -> tuple[int, dict]:
-        blob, info = export_within_cap(model.state_dict(), quantized_names(model), code_bytes, hessians, h.byte_cap, rt.log)
+        blob, info = export_within_cap(model.state_dict(), quantized_names(model), code_bytes, hessians, h.byte_cap, rt.log,
+                                       h.lqer_rank)
         write_atomic(artifact, blob)
         return len(blob), dict(info, sha256=hashlib.sha256(blob).hexdigest())
     return shared_outcome(rt, write, rank0_only=True)
@@ -1847,7 +2001,7 @@ def train_and_export(h: Hyperparameters, rt: Runtime, trainer: Trainer, record: 
     t_export = clock()
     model_bytes, info = export(h, rt, model, artifact, code_bytes, hessians)
     log(f"artifact {'gptq' if hessians else 'rtn'} zstd level {info['level']}, {sum(m != 1 for m in info['steps'].values())} "
-        f"tensors at other steps, pruned {info['pruned']} symbols = {info['pruned_frac']:.4%} in {info['packs']} packs, "
+        f"tensors at other steps, {len(info['lqer'])} with LQER factors, pruned {info['pruned']} symbols = {info['pruned_frac']:.4%} in {info['packs']} packs, "
         f"export_time:{clock() - t_export:.1f}s file {artifact.name}")
     log(f"artifact bytes_total:{code_bytes + model_bytes} bytes_code:{code_bytes} bytes_model:{model_bytes} cap:{h.byte_cap}")
     record.fields.update(steps=steps, train_time_s=round((train_ms + calib_ms) / 1000, 2), gptq=bool(hessians),

@@ -3,10 +3,11 @@ given by the environment (run it through bench/bench_config.sh for the SPEC §9 
 weights are cached in OUT_DIR/trained_seed<SEED>.pt and reused; the calibration reads the training windows
 Trainer.calibrate would), then exports them at a ladder of byte caps several ways -- prune: the export
 before the rate-distortion allocation (GPTQ, then the globally cheapest +-1 symbols zeroed); rd: train_gpt.py's
-export; rowmax: the peer's int5 rule (clip at the row max, GPTQ, then prune); uniform: every step x one
-multiplier -- and scores each reloaded artifact (standard eval, and the sliding eval at EVAL_STRIDE).
+export without LQER; lqer: train_gpt.py's export with LQER_RANK's factors among its candidates; rowmax: the
+peer's int5 rule (clip at the row max, GPTQ, then prune); uniform: every step x one multiplier -- and scores each
+reloaded artifact (standard eval, and the sliding eval at EVAL_STRIDE).
 Usage: SCRIPT=bench/rd_curve.py CAPS=1.0,0.9,0.8,0.7,0.65 bash bench/bench_config.sh bench/out/rd
-       (CAPS: fractions of the unconstrained size, or absolute byte counts; ARMS=prune,rd,rowmax,uniform;
+       (CAPS: fractions of the unconstrained size, or absolute byte counts; ARMS=prune,rd,lqer,rowmax,uniform;
        each arm's scores also go to OUT_DIR/logs/<arm>_<cap>_seed<seed>.txt for tools/significance.py;
        SKIP_PRE=1 skips the pre-quant evals, SLIDING=0 the sliding ones)
 """
@@ -145,11 +146,11 @@ def main() -> None:
         for arm in os.environ.get("ARMS", "prune,rd,rowmax").split(","):
             t0 = time.perf_counter()
             try:
-                if arm == "rd":
-                    blob, info = tg.export_within_cap(state, qmax, code, hs, cap, log=lambda m: None)
+                if arm in ("rd", "lqer"):
+                    blob, info = tg.export_within_cap(state, qmax, code, hs, cap, lambda m: None, h.lqer_rank if arm == "lqer" else 0)
                     chosen = info["steps"]
                     note = (f"{sum(m != 1.0 for m in chosen.values())} of {len(qmax)} tensors at other steps, "
-                            f"{info['pruned_frac']:.2%} zeroed, {info['packs']} packs")
+                            f"{len(info['lqer'])} with LQER factors, {info['pruned_frac']:.2%} zeroed, {info['packs']} packs")
                     if chosen:
                         note += ", steps x " + " ".join(f"{n.replace('.weight', '')}:{m:.2f}" for n, m in chosen.items() if m != 1.0)
                 elif arm == "uniform":

@@ -16,7 +16,8 @@ def trained_like_state(tg):
 
 def test_every_matrix_is_int5_whatever_its_size(tg):
     model, state, names = trained_like_state(tg)
-    assert {n for n, t in state.items() if t.ndim == 2 and not n.startswith("skip_") and "resid_mix" not in n} == set(names)
+    small = ("skip_", "resid_mix", ".gate")  # per-channel and per-head vectors stay fp32
+    assert {n for n, t in state.items() if t.ndim == 2 and not any(k in n for k in small)} == set(names)
     q = tg.quantize_state(state, names)
     for n in names:
         kind, qv, scale, qmax = q[n]
@@ -284,3 +285,57 @@ def test_the_tied_embedding_ships_at_embed_bits(tg, tmp_path):
     back = tg.load_artifact_into(tg.GPT(h), tmp_path / "a.ptz").to(torch.device("cpu"))
     tg.set_qat(model, True)
     assert torch.equal(back.tok_emb.weight, model.tok_emb.qweight())  # QAT sees int7 there
+
+
+def test_lqer_factors_are_the_loss_weighted_best_rank_r_correction(tg):
+    """With a matrix's separable weight r_i c_j the factors are the weighted SVD's truncation (up to int4 rounding),
+    and they beat the plain SVD's on the weighted error."""
+    torch.manual_seed(0)
+    E = torch.randn(48, 40) + 0.3 * torch.randn(48, 2) @ torch.randn(2, 40)  # rounding noise, a little structure
+    r, c = torch.rand(48) ** 4 + 1e-3, torch.rand(40) ** 4 + 1e-3
+    weight = r[:, None] * c
+    werr = lambda approx: float((weight * (E - approx) ** 2).sum())
+    f = tg.lqer_factors(E, weight, 3)
+    assert f[0].shape == (48, 3) and f[2].shape == (3, 40) and f[0].abs().max() <= tg.LQER_QMAX and f[1].dtype == torch.float16
+    U, S, Vh = torch.linalg.svd(E * r.sqrt()[:, None] * c.sqrt(), full_matrices=False)
+    best = (U[:, :3] * S[:3]) @ Vh[:3] / r.sqrt()[:, None] / c.sqrt()
+    U, S, Vh = torch.linalg.svd(E, full_matrices=False)
+    plain = (U[:, :3] * S[:3]) @ Vh[:3]
+    captured = werr(0 * E) - werr(tg.lqer_product(f))
+    assert 0.97 * (werr(0 * E) - werr(best)) < captured <= werr(0 * E) - werr(best)  # int4 factors keep 97% of the best
+    assert werr(tg.lqer_product(f)) < 0.8 * werr(plain)
+    assert torch.equal(tg.lqer_product(tg.lqer_factors(E, weight, 3)), tg.lqer_product(f))  # the same factors every run
+
+
+def test_lqer_candidates_are_priced_and_the_export_ships_what_it_picked(tg):
+    state, names, hs, free, _ = cap_setup(tg)
+    n = "blocks.0.mlp.up.weight"
+    w, weight = state[n].float(), tg.rd_weight(n, state[n], hs)
+    scale = tg.quantize_state(state, names, hs)[n][2]
+    plain, ladder = tg.rd_ladder(w, weight, scale, 15), tg.rd_ladder(w, weight, scale, 15, lqer_rank=2)
+    P = len(tg.RD_PRUNE)
+    assert torch.equal(ladder[:len(plain)], plain) and len(ladder) == len(plain) + len(tg.RD_STEPS)
+    for i, m in enumerate(tg.RD_STEPS):  # each step again, nothing zeroed: more bits, less loss
+        s = (scale.float() * m).half().float()[:, None]
+        q = torch.clamp(torch.round(w / s), -15, 15)
+        f = tg.lqer_factors(w - q * s, weight, 2)
+        assert float(ladder[len(plain) + i, 0]) == pytest.approx(float(plain[i * P, 0] + tg.lqer_bits(f)))
+        assert float(ladder[len(plain) + i, 1]) < float(plain[i * P, 1])
+    assert tg.rd_ladder(w[:, :3], weight[:, :3], scale, 15, lqer_rank=2)[-1, 1] == float("inf")  # too narrow for rank 2
+    blob, info = tg.export_within_cap(state, names, 1000, hs, cap=1000 + int(0.8 * len(free)), log=lambda m: None, lqer_rank=2)
+    assert info["lqer"] and len(blob) <= int(0.8 * len(free))
+    back = tg.unpack_artifact(blob)
+    k = info["lqer"][0]
+    q = tg.quantize_state(state, names, hs, steps=info["steps"])[k]
+    assert torch.allclose(back[k], tg.dequantize_int5(q[1], q[2]) + tg.lqer_product(tg.lqer_factors(
+        state[k].float() - tg.dequantize_int5(q[1], q[2]), tg.rd_weight(k, state[k], hs), 2)), atol=1e-6)
+
+
+def test_lqer_factors_that_do_not_fit_their_matrix_are_a_corrupt_artifact(tg):
+    _, state, names = trained_like_state(tg)
+    q = tg.quantize_state(state, names)
+    n = sorted(names)[0]
+    rows, cols = q[n][1].shape
+    bad = (torch.zeros(rows + 1, 2, dtype=torch.int8), torch.ones(2).half(), torch.zeros(2, cols, dtype=torch.int8), torch.ones(2).half())
+    with pytest.raises(tg.RunError, match="LQER factors"):
+        tg.unpack_artifact(tg.pack_artifact({**q, n: q[n] + (bad,)}))

@@ -51,7 +51,7 @@ def test_a_cold_a_warm_and_a_foreign_compile_cache_and_the_packed_script_give_id
     assert (cache / "fxgraph").is_dir()  # the cache lives where it was named
     sub = json.loads((tmp_path / "packed" / "submission.json").read_text())
     data, source = packed.read_bytes(), (ROOT / "train_gpt.py").read_bytes()
-    assert sub["bytes_code"] == len(data) <= 45_000 and sub["code_sha256"] == hashlib.sha256(data).hexdigest()
+    assert sub["bytes_code"] == len(data) <= 48_000 and sub["code_sha256"] == hashlib.sha256(data).hexdigest()
     assert sub["source_sha256"] == hashlib.sha256(source).hexdigest()
     assert f"code: train_gpt.py {len(data)} bytes, sha256 {sub['code_sha256']} (packed; source sha256 " in logs["packed"]
     plain = json.loads((tmp_path / "cold" / "submission.json").read_text())

@@ -64,7 +64,7 @@ def test_one_process_run_learns_and_writes_a_matching_submission(one_proc):
     assert sub["bytes_model"] == (out / "final_model.int5.ptz").stat().st_size
     assert sub["steps"] == 30 and sub["world_size"] == 1
     assert re.search(r"qat: round-to-nearest on at step \d+", log)
-    assert re.search(r"artifact gptq zstd level \d+, 0 tensors at other steps, pruned 0 symbols", log)
+    assert re.search(r"artifact gptq zstd level \d+, 0 tensors at other steps, 0 with LQER factors, pruned 0 symbols", log)
     assert str(out) not in log.split("\n", 1)[1]  # only the hparams line names the output folder
 
 
@@ -178,6 +178,11 @@ def test_two_ranks_stop_the_global_pass_at_the_same_step(tmp_path):
     (dict(TTT_LORA_TARGETS="q,kv"), "unknown target 'kv'"),
     (dict(EVAL_SEQ_LEN=20000), "fewer than one window of EVAL_SEQ_LEN=20000+1"),
     (dict(EMBED_BITS=9), "2 <= EMBED_BITS <= 8"),  # the container stores a symbol in a byte
+    (dict(NS_COEFFS="polar", MUON_BACKEND_STEPS=6), "NS_COEFFS='polar' with MUON_BACKEND_STEPS=6"),
+    (dict(MIN_LR=1.5), "need 0 <= MIN_LR=1.5 <= 1"),
+    (dict(ATTN_GATE=65), "SMEAR_WINDOW, ATTN_GATE <= MODEL_DIM=64"),
+    (dict(DOC_ISOLATION=2), "DOC_ISOLATION 0 or 1"),
+    (dict(LQER_RANK=-1), "LQER_RANK >= 0"),
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)

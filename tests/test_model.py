@@ -95,11 +95,11 @@ def test_recurrence_reruns_its_layers_with_the_unet_over_all_13_passes(tg):
     assert model.skip_weights.shape[0] == 5  # slot e = encoder pass e, so a slot keeps its layers at the switch
     calls = block_calls(model)
     ids = torch.randint(0, 128, (1, 32))
-    base = model(ids, ids)
+    base = model(ids, ids, reduce=False)
     assert [c[0] for c in calls] == list(range(11))
     calls.clear()
     model.recur = True
-    assert not torch.allclose(model(ids, ids), base)
+    assert not torch.allclose(model(ids, ids, reduce=False), base)
     assert [c[0] for c in calls] == plan
     out = [c[2] for c in calls]
     assert torch.equal(calls[6][1], out[5])  # pass 6 (layer 4 again) would pair with pass 5, its neighbour: no slot
@@ -173,15 +173,15 @@ def test_muon_eq_r_normalises_each_row_before_newton_schulz(tg):
     for row_norm in (False, True):
         p = torch.nn.Parameter(torch.zeros(16, 8))
         p.grad = g.clone()
-        tg.Muon([p], lr=1.0, momentum=0.0, weight_decay=0.0, ns_steps=5, row_norm=row_norm).step()
-        want = -tg.zeropower_ns5((tg.row_normalize(g) if row_norm else g)[None], 5)[0].float() * 2 ** 0.5
+        tg.Muon([p], lr=1.0, momentum=0.0, weight_decay=0.0, coeffs=tg.ns_coefficients("polar", 5), row_norm=row_norm).step()
+        want = -tg.newton_schulz((tg.row_normalize(g) if row_norm else g)[None], tg.ns_coefficients("polar", 5))[0].float() * 2 ** 0.5
         assert torch.allclose(p.detach(), want, atol=1e-2)
         outs.append(p.detach())
     assert not torch.allclose(outs[0], outs[1], atol=1e-2)
 
 
 def test_warmdown_is_a_step_count_or_a_fraction_of_the_run(tg):
-    assert tg.warmdown_steps(tg.Hyperparameters(), 6000) == 4002  # default: 66.7% of the run
+    assert tg.warmdown_steps(tg.Hyperparameters(), 6000) == 5100  # default: 85% of the run
     assert tg.warmdown_steps(tg.Hyperparameters(warmdown_iters=60), 200) == 60
 
 
@@ -189,8 +189,9 @@ def test_default_model_is_the_spec_shape_with_16384_bigram_buckets(tg):
     with torch.device("meta"):
         model = tg.GPT(tg.Hyperparameters(vocab_size=1024))
     n = sum(p.numel() for p in model.parameters())
-    # SPEC §4 (4096 buckets) + the bytes spent on buckets + 5 skip gates + the lane merge
-    assert n == 27_255_900 + (16384 - 4096) * 128 + 5 * 512 + 1
+    # SPEC §4 (4096 buckets) + the bytes spent on buckets + 5 skip gates + the lane merge + the attention gates
+    # (8 heads x 12 dims a layer)
+    assert n == 27_255_900 + (16384 - 4096) * 128 + 5 * 512 + 1 + 11 * 8 * 12
 
 
 @pytest.mark.parametrize("kw", [{}, {"parallel_from": 3, "recur_layers": "1,2"}])
@@ -280,11 +281,47 @@ def test_every_state_a_fixed_length_run_reaches_is_primed(tg):
         assert states_reached(tg, h) <= set(tg.training_phases(h)), (iters, wd_iters, wd_frac, thr, frac, layers)
 
 
-def test_muon_update_is_orthogonal_and_shape_scaled(tg):
-    g = torch.randn(3, 64, 32)
-    u = tg.zeropower_ns5(g, 5).float()
-    sv = torch.linalg.svdvals(u)
-    assert sv.min() > 0.5 and sv.max() < 1.3
+def test_muon_update_is_orthogonal_and_polar_express_gets_closer_in_five_steps(tg):
+    torch.manual_seed(0)
+    g = torch.randn(3, 64, 32) * torch.logspace(-2, 0, 32)  # singular values over two decades
+    dev = {}
+    for name in ("quintic", "polar"):
+        sv = torch.linalg.svdvals(tg.newton_schulz(g, tg.ns_coefficients(name, 5)).float())
+        assert sv.min() > 0.5 and sv.max() < 1.3
+        dev[name] = float((sv - 1).abs().mean())
+    assert dev["polar"] < 0.6 * dev["quintic"]
+    assert tg.ns_coefficients("polar", 3) == list(tg.NS_POLAR[:3]) and tg.ns_coefficients("quintic", 7) == [tg.NS_QUINTIC] * 7
+    for bad in [("polar", 6), ("cubic", 5)]:
+        with pytest.raises(tg.RunError, match="NS_COEFFS"):
+            tg.ns_coefficients(*bad)
+
+
+def test_the_lr_falls_to_its_floor_and_qat_starts_where_it_did_without_one(tg):
+    """MIN_LR clamps the LR; QAT_THRESHOLD reads the schedule's own multiplier, so the floor never delays QAT."""
+    h = tg.Hyperparameters(min_lr=0.1)
+    assert [round(tg.lr_multiplier(s, 100, 85), 3) for s in (0, 15, 57, 100)] == [1.0, 1.0, 0.506, 0.0]
+    assert [max(tg.lr_multiplier(s, 100, 85), h.min_lr) for s in (92, 99)] == [0.1, 0.1]
+
+
+def test_the_attention_gate_starts_at_one_half_and_the_content_smear_at_nothing(tg):
+    torch.manual_seed(0)
+    gated, plain = small_model(tg, attn_gate=12), small_model(tg, attn_gate=0)
+    x = torch.randn(2, 16, 64)
+    cos, sin = gated.rope_cos, gated.rope_sin
+    for blk in gated.blocks:
+        blk.attn.gate.data.zero_()
+    for bg, bp in zip(gated.blocks, plain.blocks):
+        bp.attn.load_state_dict({k: v for k, v in bg.attn.state_dict().items() if k != "gate"})
+        proj = bp.attn.proj.weight.detach().clone()
+        bp.attn.proj.weight.data.mul_(0.5)  # the gate at 1/2 halves every head's output
+        assert torch.allclose(bg.attn(x, cos, sin), bp.attn(x, cos, sin), atol=1e-5)
+        bp.attn.proj.weight.data.copy_(proj)
+    model = tg.GPT(tg.Hyperparameters(**{**SMALL, "smear_window": 12}))
+    ids = torch.randint(2, 128, (2, 16))
+    assert torch.equal(model.smear(x, ids), x)  # lambda = 0 at init
+    with torch.no_grad():
+        model.smear_lambda.fill_(1.0)
+    assert not torch.allclose(model.smear(x, ids)[:, 1:], x[:, 1:])
 
 
 def test_hyperparameters_from_env(tg):
@@ -292,3 +329,57 @@ def test_hyperparameters_from_env(tg):
     assert (h.num_layers, h.matrix_lr, h.data_path, h.max_wallclock_seconds) == (3, 0.01, "x", 600.0)
     with pytest.raises(tg.RunError, match="NUM_LAYERS"):
         tg.Hyperparameters.from_env({"NUM_LAYERS": "many"})
+
+
+def packed_documents(tg, lengths, vocab=128, seed=0):
+    """A row of documents end to end, each [BOS] + tokens that are never BOS."""
+    g = torch.Generator().manual_seed(seed)
+    docs = [torch.cat([torch.tensor([tg.BOS_ID]), torch.randint(2, vocab, (n - 1,), generator=g)]) for n in lengths]
+    return docs, torch.cat(docs)[None]
+
+
+def test_an_isolated_document_scores_as_if_it_were_alone(tg):
+    """DOC_ISOLATION: attention, the smear and the bigram hash stop at a BOS, and RoPE is relative, so a document
+    packed after others gets the logits it gets at the start of a row of its own; without isolation it does not."""
+    docs, row = packed_documents(tg, [9, 14, 9])
+    for iso in (1, 0):
+        model = small_model(tg, doc_isolation=iso)
+        with torch.no_grad():
+            packed = model.hidden(row, model.tok_emb.weight)[0, 23:]
+            alone = model.hidden(docs[2][None], model.tok_emb.weight)[0]
+        assert torch.allclose(packed, alone, atol=1e-5) == bool(iso)
+
+
+def test_isolation_keeps_the_model_causal_and_a_row_s_first_tokens_in_their_document(tg):
+    """A row that starts mid-document: its first tokens are one document; changing a token changes nothing
+    before it, and nothing after the next BOS."""
+    model = small_model(tg)
+    ids = torch.randint(2, 128, (2, 32))
+    ids[:, 12] = tg.BOS_ID
+    base = model(ids, ids, reduce=False)
+    ids2 = ids.clone()
+    ids2[:, 5] = (ids2[:, 5] + 1) % 126 + 2
+    out = model(ids2, ids, reduce=False)
+    assert torch.equal(base[:, :5], out[:, :5]) and torch.equal(base[:, 12:], out[:, 12:])
+    assert not torch.allclose(base[:, 5:12], out[:, 5:12])
+
+
+def test_the_varlen_path_matches_the_masked_one(tg, monkeypatch):
+    """FlashAttention-3's varlen call (here a reference: causal SDPA per document, as the kernel computes it) gets
+    boundaries that give what SDPA's mask gives; the boundaries are each document's first token, then B*T."""
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, causal):
+        assert torch.equal(cu_q, cu_k) and causal and cu_q.dtype == torch.int32 and int((cu_q.diff()).max()) <= max_q
+        out = [tg.causal_attention(*(t[a:b][None] for t in (q, k, v)), softmax_scale, False)[0]
+               for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist())]
+        return torch.cat(out), None
+
+    ids = torch.randint(2, 128, (2, 32))
+    ids[0, [0, 7, 20]] = tg.BOS_ID
+    ids[1, 30] = tg.BOS_ID
+    q, k, v = torch.randn(2, 32, 4, 8), torch.randn(2, 32, 2, 8), torch.randn(2, 32, 2, 8)
+    masked = tg.causal_attention(q, k, v, 0.3, False, tg.document_layout(ids, False))
+    monkeypatch.setattr(tg, "attention_kernel", lambda device, allow_fa3=True: "flash_attn_3" if allow_fa3 else "sdpa")
+    monkeypatch.setattr(tg, "flash_attn_3_varlen", reference)
+    cu = tg.document_layout(ids)
+    assert cu.tolist() == [0, 7, 20, 32, 62, 64]
+    assert torch.allclose(tg.causal_attention(q, k, v, 0.3, True, cu), masked, atol=1e-5)

@@ -263,7 +263,8 @@ def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     assert h.vocab_size == 0 and est.DEFAULTS["vocab_size"] == 8192  # the script: the tokenizer's, the default one's 8192
     assert len(shared) > 20 and {k: getattr(h, k) for k in shared} == {k: est.DEFAULTS[k] for k in shared}
     with torch.device("meta"):
-        for env in ({"VOCAB_SIZE": "1024"}, {"VOCAB_SIZE": "8192", "VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0"}):
+        for env in ({"VOCAB_SIZE": "1024"}, {"VOCAB_SIZE": "8192", "VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0",
+                    "SMEAR_WINDOW": "12", "ATTN_GATE": "0"}):
             n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
             assert est.total_params(est.load_config(env=env)) == n, env
 

@@ -55,10 +55,10 @@ DEFAULTS = dict(
     ttt_mode="lora", ttt_lora_rank=80, ttt_lora_chunk=112, ttt_lora_docs=64, ttt_lora_targets="q,v,o,mlp,head",
     ttt_lora_chunk_schedule="", ttt_lora_warm_a=1, eval_seq_len=0,  # 0: the training context
     ttt_phases=1, ttt_phase_docs=2500, ttt_phase_batch_tokens=32768,
-    warmdown_iters=0, warmdown_frac=0.667, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
+    warmdown_iters=0, warmdown_frac=0.85, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
     recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
-    parallel_from=7, skip_gates=1,
+    parallel_from=7, skip_gates=1, smear_window=0, attn_gate=12,
     eval_batch_seqs=32, grad_accum_steps=0,  # memory (tools/memory_estimate.py); 0: 8 // ranks micro-batches, as on CUDA
 )
 GPUS = 8
@@ -168,9 +168,11 @@ def total_params(cfg):
     ve = cfg["ve_layers"] > 0
     tables = cfg["bigram_buckets"] * cfg["bigram_dim"] + ve * cfg["vocab_size"] * cfg["ve_dim"]
     skips = L // 2 * (1 + (cfg["skip_gates"] != 0))                     # U-Net skip weights (+ gates)
-    vectors = L * (4 * d + cfg["num_heads"]) + skips * d + d          # mixes/gains, skips, smear
+    vectors = L * (4 * d + cfg["num_heads"]) + skips * d              # mixes/gains, skips
+    smear = cfg["smear_window"] + 1 if cfg["smear_window"] > 0 else d  # content gate and lambda, or per channel
+    gates = L * cfg["num_heads"] * cfg["attn_gate"]                   # attention-output gates
     scalars = 1 + ve + min(cfg["ve_layers"], L) + (0 <= cfg["parallel_from"] < L)  # bigram/VE scales, VE gains, lane merge
-    return matmul_params(cfg) + tables + vectors + scalars
+    return matmul_params(cfg) + tables + vectors + smear + gates + scalars
 
 
 def recur_count(cfg):

@@ -193,7 +193,10 @@ def simulated(tg, fake=True):
     """FakeTensorMode (or real CPU tensors) + the live-bytes counter. The collectives are identities (one
     rank of the world runs alone), the train loader yields token ids, and AdamW runs its foreach
     implementation as on CUDA (CPU's default is a per-tensor loop), its states created with it (as after
-    its first step: every step measured is a steady-state one)."""
+    its first step: every step measured is a steady-state one). Attention runs as CUDA runs it: CPU's SDPA
+    without a mask saves what FlashAttention-3 saves (the output and its log-sum-exp), and FlashAttention-3's
+    varlen call for isolated documents (DOC_ISOLATION) allocates the same plus a few KB of boundaries, where
+    CPU's masked SDPA would build (B,1,T,T) masks no GPU run holds: document_layout gives none here."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -226,13 +229,14 @@ def simulated(tg, fake=True):
                 counter.step_temporaries = counter.peak - before
                 counter.peak = max(top, counter.peak)
 
-    saved = tg.all_reduce, tg.TrainLoader
+    saved = tg.all_reduce, tg.TrainLoader, tg.document_layout
     tg.all_reduce, tg.TrainLoader, torch.optim.AdamW = (lambda t, world, op=None: t), Loader, AdamW
+    tg.document_layout = lambda ids, allow_fa3=True: None
     try:
         with cuda_autocast_lists(), (FakeTensorMode() if fake else contextlib.nullcontext()), counter:
             yield counter
     finally:
-        tg.all_reduce, tg.TrainLoader = saved
+        tg.all_reduce, tg.TrainLoader, tg.document_layout = saved
         torch.optim.AdamW = adamw
 
 
