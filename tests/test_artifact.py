@@ -123,8 +123,8 @@ def test_under_the_cap_the_allocation_fits_just_under_it_and_spares_the_sensitiv
     for shrink in (0.95, 0.85, 0.75):
         cap, packs[:] = 1000 + int(shrink * len(free)), []
         blob, info = tg.export_within_cap(state, names, 1000, hs, cap=cap, log=lambda m: None)
-        # at 90 KB one tensor's candidate moves the size by up to ~2% (the bench and full size land within 0.2%)
-        assert 0.98 * (cap - 1000) <= len(blob) <= cap - 1000 and info["packs"] == len(packs) > 1
+        # at 90 KB one tensor's candidate moves the size by up to ~3% (the bench and full size land within 0.2%)
+        assert 0.96 * (cap - 1000) <= len(blob) <= cap - 1000 and info["packs"] == len(packs) > 1
         assert set(tg.unpack_artifact(blob)) == set(state)  # it decodes
         up = [m for n, m in info["steps"].items() if "mlp.up" in n]
         rest = [m for n, m in info["steps"].items() if "mlp.up" not in n and n in hs]

@@ -125,10 +125,10 @@ def test_priming_steps_are_undone_completely(tmp_path, tiny_data, one_proc):
 
 
 def test_wall_clock_run_keeps_training_and_calibration_inside_the_limit(tmp_path, tiny_data):
-    log = run_ok(tmp_path, tiny_data, MAX_WALLCLOCK_SECONDS=4, GPTQ_RESERVE_SECONDS=1, ITERATIONS=10**6,
-                 WARMDOWN_ITERS=20, TTT_ENABLED=0)
+    log = run_ok(tmp_path, tiny_data, MAX_WALLCLOCK_SECONDS=8, GPTQ_RESERVE_SECONDS=1, ITERATIONS=10**6,
+                 WARMDOWN_ITERS=20, TTT_ENABLED=0)  # 8 s: room for QAT's start on a loaded machine
     train, calib, total = map(int, re.search(r"train_time:(\d+)ms gptq_calibration:(\d+)ms .* total:(\d+)ms", log).groups())
-    assert train <= 3500 and total <= 4000 and "qat: round-to-nearest on at step" in log
+    assert train <= 7500 and total <= 8000 and "qat: round-to-nearest on at step" in log
     timed, reserve = re.search(r"training clock: [\d.]+s, ([\d.]+)s kept for GPTQ calibration \(timed: (\d+)ms\)", log).groups()[::-1]
     assert int(timed) > 0 and float(reserve) == pytest.approx(max(1.0, 2e-3 * int(timed)), abs=0.06)
 
