@@ -54,10 +54,10 @@ class Hyperparameters:
     # model
     num_layers: int = 11
     model_dim: int = 512
-    mlp_hidden: int = 1536
+    mlp_hidden: int = 1536  # by the vocabulary unless set (VOCAB_SETTINGS): sp1024's
     num_heads: int = 8
     num_kv_heads: int = 4
-    bigram_buckets: int = 16384  # by the vocabulary unless set (VOCAB_SETTINGS): these five are sp1024's
+    bigram_buckets: int = 16384  # by the vocabulary unless set (VOCAB_SETTINGS): these and MLP_HIDDEN are sp1024's
     bigram_dim: int = 128
     ve_dim: int = 128
     ve_layers: int = 2  # value embeddings in the last N layers (by the vocabulary)
@@ -65,7 +65,8 @@ class Hyperparameters:
     doc_isolation: int = 1  # attention, SmearGate and the bigram hash never cross a BOS (training and eval alike)
     parallel_from: int = 7  # two lanes from the first decoder layer >= this (-1: one lane)
     skip_gates: int = 1  # gated U-Net skips
-    recur_layers: str = "4,5"  # consecutive layers run twice (shared weights; the U-Net over all passes)...
+    recur_layers: str = "4,5"  # consecutive layers run again (shared weights; the U-Net over all passes)...
+    recur_passes: int = 2  # ...this many times in all...
     recur_start_frac: float = 0.5  # ...from this fraction of the (predicted) steps on
     rope_dims: int = 16
     rope_base: float = 10000.0
@@ -111,7 +112,7 @@ class Hyperparameters:
     ttt_lora_lr: float = 8e-5
     ttt_lora_beta2: float = 0.99  # AdamW's betas are (0, this)
     ttt_lora_wd: float = 2.0
-    ttt_lora_chunk: int = 112  # tokens (by the vocabulary): the smallest whose eval fits 540 s pessimistic (estimate_h100)
+    ttt_lora_chunk: int = 112  # tokens (by the vocabulary): the smallest multiple of 8 whose eval fits 540 s pessimistic (estimate_h100)
     ttt_lora_chunk_schedule: str = ""  # "N:C,...": a batch whose longest document has <= N tokens takes chunks of C
     ttt_lora_docs: int = 64  # documents per rank and batch at window E (x E/W at a window W; by the vocabulary)
     ttt_phases: int = 1  # phased TTT: TTT_PHASE_DOCS documents scored in this many groups, each then learnt (global pass)
@@ -146,13 +147,14 @@ class Hyperparameters:
 
 # Settings that follow the vocabulary unless their variable is set. A larger vocabulary's pieces hold much of
 # what the bigram table and the value embeddings learn at sp1024, its embedding is where precision pays, its
-# LoRA head's logits take memory, and its fewer validation tokens leave TTT room for smaller chunks
+# LoRA head's logits take memory, and its fewer validation tokens leave TTT room for smaller chunks. At 8192 the
+# MLP takes the frontier's 4x width, and TTT larger chunks and fewer documents to pay for it in time and memory
 # (docs/design.md, "Other vocabularies"). A tokenizer takes the row of
 # the largest vocabulary not above its own (the first row below 1024); the first row is the defaults above.
 VOCAB_SETTINGS = (  # literals: tools/estimate_h100.py reads them from this source
-    (1024, {"embed_bits": 5, "bigram_buckets": 16384, "ve_layers": 2, "ttt_lora_docs": 64, "ttt_lora_chunk": 112}),
-    (4096, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 2, "ttt_lora_docs": 48, "ttt_lora_chunk": 72}),
-    (8192, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 0, "ttt_lora_docs": 48, "ttt_lora_chunk": 72}),
+    (1024, {"embed_bits": 5, "bigram_buckets": 16384, "ve_layers": 2, "mlp_hidden": 1536, "ttt_lora_docs": 64, "ttt_lora_chunk": 112}),
+    (4096, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 2, "mlp_hidden": 1536, "ttt_lora_docs": 48, "ttt_lora_chunk": 72}),
+    (8192, {"embed_bits": 7, "bigram_buckets": 4096, "ve_layers": 0, "mlp_hidden": 2048, "ttt_lora_docs": 44, "ttt_lora_chunk": 88}),
 )
 
 def vocab_settings(vocab_size: int) -> dict:
@@ -564,11 +566,11 @@ class Block(nn.Module):
         y = y + self.mlp_scale * self.mlp(rms_norm(y) * self.in_scale)
         return y if lane is None else (x, y)
 
-def layer_plan(num_layers: int, recur: tuple[int, ...]) -> list[int]:
-    """Layers in execution order: the `recur` layers run again right after the last of them.
-    The U-Net is laid over these passes (virtual layers: 13 = 6 encoder + 7 decoder)."""
+def layer_plan(num_layers: int, recur: tuple[int, ...], passes: int) -> list[int]:
+    """Layers in execution order: the `recur` layers run `passes` times in all, each repeat right after the last
+    of them. The U-Net is laid over these passes (virtual layers: 13 = 6 encoder + 7 decoder for 4,5 twice)."""
     end = recur[-1] + 1 if recur else num_layers
-    return [*range(end), *recur, *range(end, num_layers)]
+    return [*range(end), *(recur * (passes - 1)), *range(end, num_layers)]
 
 def parse_recur(spec: str, num_layers: int) -> tuple[int, ...]:
     try:
@@ -633,13 +635,13 @@ class GPT(nn.Module):
         x0 = x
         docs = document_layout(ids, self.blocks[0].attn.allow_fa3) if self.h.doc_isolation else None
         ve = self.ve_scale * self.ve_proj(self.ve_table(ids)) if self.h.ve_layers > 0 else None
-        plan = layer_plan(len(self.blocks), self.recur_layers if self.recur else ())
+        plan = layer_plan(len(self.blocks), self.recur_layers if self.recur else (), self.h.recur_passes)
         skips = []
         lane = None
         pf = self.h.parallel_from
         for p, i in enumerate(plan):
             blk, j = self.blocks[i], p - len(plan) // 2  # j >= 0: decoder
-            if j >= 0 and skips:  # LIFO; with recurrence the innermost pair (adjacent passes) has no slot
+            if j >= 0 and skips:  # LIFO; with recurrence the innermost pairs (repeated passes) have no slot
                 s, e = skips.pop(), len(skips)
                 if e < self.skip_weights.size(0):  # a skip after the split feeds both lanes
                     x = self.add_skip(e, x, s)
@@ -1038,7 +1040,8 @@ def rd_ladder(w: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, qmax: 
         elif lqer_rank > 0:
             f = lqer_factors(w - q * s, weight, lqer_rank)
             e = (weight * (q * s + lqer_product(f).to(w.device) - w) ** 2).sum().double() / 2
-            lqer.append(torch.stack([(entropy_bits(q, qmax) + lqer_bits(f)).double(), e]))
+            unzeroed = out[-len(RD_PRUNE)][0]  # this step's first candidate's bits: RD_PRUNE[0] = 0 zeroes nothing
+            lqer.append(torch.stack([unzeroed + lqer_bits(f), e]))
     return torch.stack(out + lqer).cpu()
 
 def export_within_cap(state: dict, qmax: dict, code_bytes: int, hessians: dict | None = None,
@@ -1607,7 +1610,8 @@ def preflight(h: Hyperparameters, world: int, accum: int) -> None:
         (not 0 <= h.min_lr <= 1 or not 0 <= h.adam_beta2 < 1, f"need 0 <= MIN_LR={h.min_lr:g} <= 1 (a fraction of the peak LR) and 0 <= ADAM_BETA2 < 1"),
         (not 0 <= h.smear_window <= h.model_dim or not 0 <= h.attn_gate <= h.model_dim or h.doc_isolation not in (0, 1),
          f"need 0 <= SMEAR_WINDOW, ATTN_GATE <= MODEL_DIM={h.model_dim} and DOC_ISOLATION 0 or 1"),
-        (h.lqer_rank < 0, f"need LQER_RANK >= 0 (0: no LQER factors), not {h.lqer_rank}")]:
+        (h.lqer_rank < 0, f"need LQER_RANK >= 0 (0: no LQER factors), not {h.lqer_rank}"),
+        (h.recur_passes < 2, f"need RECUR_PASSES >= 2 (RECUR_LAYERS=\"\": no recurrence), not {h.recur_passes}")]:
         if bad:
             raise RunError(msg)
     parse_recur(h.recur_layers, h.num_layers)
@@ -1864,7 +1868,7 @@ class Trainer:
                 model.recur = True
                 recur_from = step
                 recur_at_ms = self.elapsed_ms(t0)
-                log(f"recurrence: layers {model.recur_layers} run twice from step {step}")
+                log(f"recurrence: layers {model.recur_layers}, {h.recur_passes} passes, from step {step}")
             mult = lr_multiplier(step, stop_at, warmdown_steps(h, stop_at))
             if qat_from is None and mult < h.qat_threshold:  # before MIN_LR's floor: QAT starts as it did without one
                 qat_from, qat_at_ms = step, self.elapsed_ms(t0)

@@ -35,6 +35,9 @@ SCHEDULE = dict(ITERATIONS="20", WARMDOWN_ITERS="20", WARMUP_STEPS="4", TRAIN_LO
 # at the default BYTE_CAP: 20 steps leave near-init weights over the cap, so the export times the rate-distortion
 # allocation (its ladders on the GPU, GPTQ at the chosen steps and up to 7 packs on the CPU), as a full run needs it
 FILES = ("logs/gpu_check.txt", "gpu_check.json", "gpu_check.stream.txt")
+# the model's shape, from the log's hparams line: the estimator scales the check's times to another shape's FLOPs
+SHAPE_KEYS = ("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_hidden", "bigram_buckets", "bigram_dim",
+              "ve_dim", "ve_layers", "recur_layers", "recur_passes")
 # the vocabulary's shape (default 8192, the main job's; GPU_CHECK_VOCAB=1024 or 4096 for the other routes): the bench's
 # plain tokenizer of that size (random tokens have no byte sidecar, which a CaseOps tokenizer needs); its pieces do
 # not matter to times and memory, its size does, and train_gpt.py gives the run that vocabulary's settings
@@ -74,6 +77,8 @@ def figures(log: str) -> dict:
             return None
         return (steps[b] - steps[a]) / (b - a)
 
+    hp = re.search(r"^hparams (\{.*\})$", log, re.M)
+    hparams = json.loads(hp.group(1)) if hp else {}
     val = num(r"^(?:vocab:\d+ )?val_tokens:(\d+)", int)
     rt_s, sl_s = num(r"^final_int5_zstd_roundtrip_exact .* time:([\d.]+)s"), num(r"^final_sliding_exact .* time:([\d.]+)s")
     ttt = re.search(r"adapting ([\d.]+)s in (\d+) steps", log)
@@ -97,7 +102,8 @@ def figures(log: str) -> dict:
         lora_step_ms=1000 * float(lora.group(2)) / int(lora.group(1)) if lora else lora_ms_from_batches(log),  # TTT_LORA_DOCS x L tokens
         export_s=num(r"export_time:([\d.]+)s"),
         gptq_calibration_ms=num(r"gptq_calibration:(\d+)ms", int),  # 1 GPU: all GPTQ_CALIB_SEQS on it
-        val_tokens=val, vocab_size=num(r"^vocab:(\d+)", int))
+        val_tokens=val, vocab_size=num(r"^vocab:(\d+)", int),
+        shape={k: hparams[k] for k in SHAPE_KEYS if k in hparams} or None)
 
 
 def lora_ms_from_batches(log: str) -> float | None:

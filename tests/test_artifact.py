@@ -319,7 +319,7 @@ def test_lqer_candidates_are_priced_and_the_export_ships_what_it_picked(tg):
         s = (scale.float() * m).half().float()[:, None]
         q = torch.clamp(torch.round(w / s), -15, 15)
         f = tg.lqer_factors(w - q * s, weight, 2)
-        assert float(ladder[len(plain) + i, 0]) == pytest.approx(float(plain[i * P, 0] + tg.lqer_bits(f)))
+        assert float(ladder[len(plain) + i, 0]) == pytest.approx(float(tg.entropy_bits(q, 15) + tg.lqer_bits(f)))  # q unzeroed
         assert float(ladder[len(plain) + i, 1]) < float(plain[i * P, 1])
     assert tg.rd_ladder(w[:, :3], weight[:, :3], scale, 15, lqer_rank=2)[-1, 1] == float("inf")  # too narrow for rank 2
     blob, info = tg.export_within_cap(state, names, 1000, hs, cap=1000 + int(0.8 * len(free)), log=lambda m: None, lqer_rank=2)

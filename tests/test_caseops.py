@@ -197,13 +197,13 @@ def test_a_sidecar_that_does_not_match_or_is_missing_is_one_error(tg, caseops_da
 def test_the_vocabulary_chooses_its_settings_unless_set(tg, caseops_data):
     assert tg.VOCAB_SETTINGS[0][1] == {k: getattr(tg.Hyperparameters(), k) for k in tg.VOCAB_SETTINGS[0][1]}
     assert tg.vocab_settings(400) == tg.vocab_settings(2048) == tg.VOCAB_SETTINGS[0][1]
-    assert tg.vocab_settings(8192) == tg.vocab_settings(10240) == dict(embed_bits=7, bigram_buckets=4096, ve_layers=0, ttt_lora_docs=48,
-                                                                                     ttt_lora_chunk=72)
+    assert tg.vocab_settings(8192) == tg.vocab_settings(10240) == dict(embed_bits=7, bigram_buckets=4096, ve_layers=0, mlp_hidden=2048,
+                                                                                     ttt_lora_docs=44, ttt_lora_chunk=88)
     h = tg.Hyperparameters.from_env({"VE_LAYERS": "1"})
     h.vocab_size = 8192
     line = tg.apply_vocab_settings(h)
-    assert (h.embed_bits, h.bigram_buckets, h.ve_layers, h.ttt_lora_docs, h.ttt_lora_chunk) == (7, 4096, 1, 48, 72)
-    assert line == "vocab settings (8192 pieces): EMBED_BITS=7 BIGRAM_BUCKETS=4096 VE_LAYERS=1 (set) TTT_LORA_DOCS=48 TTT_LORA_CHUNK=72"
+    assert (h.embed_bits, h.bigram_buckets, h.ve_layers, h.mlp_hidden, h.ttt_lora_docs, h.ttt_lora_chunk) == (7, 4096, 1, 2048, 44, 88)
+    assert line == "vocab settings (8192 pieces): EMBED_BITS=7 BIGRAM_BUCKETS=4096 VE_LAYERS=1 (set) MLP_HIDDEN=2048 TTT_LORA_DOCS=44 TTT_LORA_CHUNK=88"
     defaults = tg.Hyperparameters()
     assert defaults.data_path.endswith(NAME) and defaults.tokenizer_path.endswith(TOKENIZER_NAME)
 

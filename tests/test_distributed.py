@@ -102,7 +102,7 @@ def graphs(log):
 def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(recurrent, compiled, tmp_path, tiny_data):
     log = recurrent[1]
     assert_compiled_run_is_whole(log, primed=6, graphs=6, phased=False)  # plain, recurrent, recurrent + QAT: 2 steps each
-    assert "recurrence: layers (1, 2) run twice from step 15" in log and "on at step 26" in log
+    assert "recurrence: layers (1, 2), 2 passes, from step 15" in log and "on at step 26" in log
     assert "compiling now" not in log
     assert graphs(log) == graphs(compiled[1]) - 1  # 2 more training states; no global pass, one scoring context
     eager = run_ok(tmp_path, tiny_data, **RECUR)  # the compiled graphs follow the model's recurrence flag
@@ -113,7 +113,7 @@ def test_compiled_recurrent_parallel_run_switches_graphs_without_recompiling(rec
 
 def test_qat_before_the_recurrence_switch_is_primed_too(tmp_path, tiny_data):
     log = run_ok(tmp_path, tiny_data, COMPILE=1, **{**RECUR, "RECUR_START_FRAC": "0.95"})
-    assert "on at step 26" in log and "recurrence: layers (1, 2) run twice from step 29" in log
+    assert "on at step 26" in log and "recurrence: layers (1, 2), 2 passes, from step 29" in log
     assert_compiled_run_is_whole(log, primed=8, graphs=7, phased=False)  # QAT can start first: the 4th training state
 
 
@@ -183,6 +183,7 @@ def test_two_ranks_stop_the_global_pass_at_the_same_step(tmp_path):
     (dict(ATTN_GATE=65), "SMEAR_WINDOW, ATTN_GATE <= MODEL_DIM=64"),
     (dict(DOC_ISOLATION=2), "DOC_ISOLATION 0 or 1"),
     (dict(LQER_RANK=-1), "LQER_RANK >= 0"),
+    (dict(RECUR_PASSES=1), "RECUR_PASSES >= 2"),
 ])
 def test_bad_input_stops_with_one_clear_line(tmp_path, tiny_data, env, msg):
     r = run_script(tmp_path, tiny_data, **env)
@@ -208,6 +209,7 @@ def test_gpu_check_reads_every_figure_from_a_compiled_run_log(compiled, recurren
     steps = {int(s): float(t) for s, t in re.findall(r"step:(\d+)/\d+ train_loss:\S+ train_time:([\d.]+)ms", recurrent[1])}
     assert fig["step_ms"] == pytest.approx(steps[15] / 15) and fig["recur_step_ms"] == pytest.approx((steps[26] - steps[15]) / 11)
     assert fig["attention"] == "sdpa" and fig["recompiles_after_priming"] == 0 and fig["device"] == "cpu"
+    assert fig["shape"]["mlp_hidden"] == 128 and fig["shape"]["recur_layers"] == "1,2"  # the estimator scales by it
     for k in ("step_ms", "qat_step_ms", "standard_eval_tok_s", "sliding_eval_tok_s", "lora_step_ms"):
         assert fig[k] > 0, k
     assert fig["ttt_step_ms"] is None  # LoRA TTT, the default: no chunked TTT ran

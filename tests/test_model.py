@@ -85,8 +85,8 @@ def test_a_gate_at_zero_takes_half_the_skip_and_half_the_stream(tg):
 
 
 def test_recurrence_reruns_its_layers_with_the_unet_over_all_13_passes(tg):
-    plan = tg.layer_plan(11, (4, 5))
-    assert plan == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10] and tg.layer_plan(11, ()) == list(range(11))
+    plan = tg.layer_plan(11, (4, 5), 2)
+    assert plan == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10] and tg.layer_plan(11, (), 2) == list(range(11))
     assert tg.unet_skip_plan(13) == [(6 + j, 5 - j) for j in range(6)]  # 6 encoder passes, 7 decoder
     for bad in ("4,6", "10,11", "x"):
         with pytest.raises(tg.RunError):
@@ -107,6 +107,25 @@ def test_recurrence_reruns_its_layers_with_the_unet_over_all_13_passes(tg):
         assert torch.allclose(calls[p][1], model.add_skip(e, out[p - 1], out[e]), atol=1e-6), p
     assert [(plan[p], plan[e]) for p, e in tg.unet_skip_plan(13)[1:]] == tg.unet_skip_plan(11)  # the same layers
     assert torch.equal(calls[12][1], out[11])
+
+
+def test_three_passes_of_three_layers_keep_the_skips_between_the_same_layers(tg):
+    plan = tg.layer_plan(11, (3, 4, 5), 3)  # the frontier's loop (PR #1493): 17 passes
+    assert plan == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
+    model = small_model(tg, num_layers=11, recur_layers="3,4,5", recur_passes=3, parallel_from=-1)
+    calls = block_calls(model)
+    ids = torch.randint(0, 128, (1, 32))
+    model.recur = True
+    model(ids, ids, reduce=False)
+    assert [c[0] for c in calls] == plan
+    out = [c[2] for c in calls]
+    inner, outer = tg.unet_skip_plan(17)[:3], tg.unet_skip_plan(17)[3:]  # 8 encoder passes, 5 skip slots
+    for p, e in inner:  # the three innermost pairs (repeated passes) have no slot
+        assert torch.equal(calls[p][1], out[p - 1]), p
+    for p, e in outer:
+        assert torch.allclose(calls[p][1], model.add_skip(e, out[p - 1], out[e]), atol=1e-6), p
+    assert [(plan[p], plan[e]) for p, e in outer] == tg.unet_skip_plan(11)  # the plain model's layer pairs
+    assert torch.equal(calls[16][1], out[15])  # the last pass (layer 10): no skip left, as in the plain model
 
 
 def test_two_lanes_attention_writes_one_and_the_mlp_the_other(tg):

@@ -257,6 +257,28 @@ def test_measured_recurrent_steps_set_the_recurrence_and_qat_ratios():
     assert nom["train_s"] <= 600 - est.DEFAULTS["gptq_reserve_seconds"] and est.estimate(cfg)["scenarios"][1]["recur_ratio"] > 1.15  # FLOPs without a measurement
 
 
+def test_a_gpu_checks_shape_scales_its_times_to_the_configurations():
+    cfg = est.load_config(env={})  # the main job: 8192 pieces, the 4x MLP
+    m = dict(step_ms=800.0, qat_step_ms=880.0, standard_eval_tok_s=4e6, sliding_eval_tok_s=1.5e5, export_s=30.0,
+             lora_step_ms=250.0, vocab_size=8192)
+    same = est.estimate(cfg, dict(m, shape={k: cfg[k] for k in ("mlp_hidden", "ve_layers", "bigram_buckets")}))["scenarios"][1]
+    older = est.estimate(cfg, m)["scenarios"][1]  # no shape recorded: a check from before issue 36 ran the 3x MLP
+    assert same["step_ms"] == pytest.approx(800 / 8 * est.MULTI_GPU_OVERHEAD)
+    ratio = est.flops_per_token(cfg)[1] / est.flops_per_token(dict(cfg, mlp_hidden=1536))[1]
+    assert ratio > 1.1 and older["step_ms"] / same["step_ms"] == pytest.approx(ratio)
+
+
+def test_estimator_counts_every_repeated_pass(tg):
+    for layers, passes in (("4,5", 2), ("3,4,5", 3), ("", 2)):
+        cfg = est.load_config(env={**SP1024, "RECUR_LAYERS": layers, "RECUR_PASSES": str(passes)})
+        plan = tg.layer_plan(11, tg.parse_recur(layers, 11), passes)
+        assert est.extra_passes(cfg) == len(plan) - 11, (layers, passes)
+    loop = est.load_config(env={**SP1024, "RECUR_LAYERS": "3,4,5", "RECUR_PASSES": "3"})
+    d, kv, f = 512, 256, 1536  # each pass adds its layer's matmuls (q, out, k, v, up, down) twice over
+    assert est.flops_per_token(loop, recur=True)[0] - est.flops_per_token(loop)[0] == pytest.approx(
+        6 * 2 * (2 * d * d + 2 * d * kv + 2 * d * f) + 6 * 2 * 2 * 2048 * d * 0.5)
+
+
 def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     h = tg.Hyperparameters()
     shared = [k for k in est.DEFAULTS if hasattr(h, k) and k not in ("iterations", "vocab_size")]  # estimator: wall
@@ -265,7 +287,9 @@ def test_estimator_defaults_and_parameter_count_match_the_script(tg):
     with torch.device("meta"):
         for env in ({"VOCAB_SIZE": "1024"}, {"VOCAB_SIZE": "8192", "VE_LAYERS": "0", "BIGRAM_BUCKETS": "4096", "RECUR_LAYERS": "", "PARALLEL_FROM": "-1", "SKIP_GATES": "0",
                     "SMEAR_WINDOW": "12", "ATTN_GATE": "0"}):
-            n = sum(p.numel() for p in tg.GPT(tg.Hyperparameters.from_env(env)).parameters())
+            h = tg.Hyperparameters.from_env(env)
+            tg.apply_vocab_settings(h)  # both follow the vocabulary (8192: the 4x MLP)
+            n = sum(p.numel() for p in tg.GPT(h).parameters())
             assert est.total_params(est.load_config(env=env)) == n, env
 
 

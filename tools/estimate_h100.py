@@ -47,7 +47,7 @@ VAL_TOKENS_BY_ROUTE = {(1024, False): SP1024_VAL_TOKENS, (4096, False): 45_508_6
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_gpt.py")
 DEFAULTS = dict(
     num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_hidden=1536,
-    vocab_size=8192,  # the default tokenizer's (the script's 0: the tokenizer's); the four below are the script's sp1024 values
+    vocab_size=8192,  # the default tokenizer's (the script's 0: the tokenizer's); the vocabulary's settings among these are sp1024's
     bigram_buckets=16384, bigram_dim=128, ve_dim=128, ve_layers=2,
     train_seq_len=2048, train_batch_tokens=786432,
     max_wallclock_seconds=600.0, max_eval_seconds=600.0, eval_stride=64,
@@ -57,7 +57,7 @@ DEFAULTS = dict(
     ttt_phases=1, ttt_phase_docs=2500, ttt_phase_batch_tokens=32768,
     warmdown_iters=0, warmdown_frac=0.85, qat_threshold=0.15, gptq_calib_seqs=64, gptq_reserve_seconds=2.0,
     iterations=0,  # 0 = bounded by wall clock only
-    recur_layers="4,5", recur_start_frac=0.5,  # layers run twice from this fraction of the steps
+    recur_layers="4,5", recur_passes=2, recur_start_frac=0.5,  # layers run this many times from this fraction of the steps
     parallel_from=7, skip_gates=1, smear_window=0, attn_gate=12,
     eval_batch_seqs=32, grad_accum_steps=0,  # memory (tools/memory_estimate.py); 0: 8 // ranks micro-batches, as on CUDA
 )
@@ -119,6 +119,18 @@ def script_settings():
     return rows, tokenizer
 
 
+def check_shape(cfg, measured, vocab):
+    """The configuration a GPU check ran at `vocab`: its own shape where its JSON records one; a check from
+    before issue 36 ran the 3x MLP and its vocabulary's settings."""
+    if measured.get("shape"):
+        at = dict(cfg, **measured["shape"])
+        at.update(vocab_size=vocab)
+        return at
+    at = dict(cfg, **vocab_settings(script_settings()[0], vocab))
+    at.update(vocab_size=vocab, mlp_hidden=1536)
+    return at
+
+
 def vocab_settings(rows, vocab):
     """The row of the largest vocabulary not above `vocab` (the first row below all), as train_gpt.vocab_settings."""
     return ([settings for size, settings in rows if vocab >= size] or [rows[0][1]])[-1]
@@ -175,8 +187,9 @@ def total_params(cfg):
     return matmul_params(cfg) + tables + vectors + smear + gates + scalars
 
 
-def recur_count(cfg):
-    return len([t for t in str(cfg["recur_layers"]).split(",") if t.strip()])
+def extra_passes(cfg):
+    """Layer passes the recurrence adds: its layers, each run RECUR_PASSES - 1 more times."""
+    return len([t for t in str(cfg["recur_layers"]).split(",") if t.strip()]) * (int(cfg["recur_passes"]) - 1)
 
 
 def eval_len(cfg):
@@ -185,9 +198,9 @@ def eval_len(cfg):
 
 
 def flops_per_token(cfg, recur=False, seq=None):
-    """(forward, train) FLOPs per token; recur: with the recurrent layers' second pass; seq: the context
+    """(forward, train) FLOPs per token; recur: with the recurrent layers' repeated passes; seq: the context
     (default: the training one)."""
-    r = recur_count(cfg) if recur else 0
+    r = extra_passes(cfg) if recur else 0
     layers = cfg["num_layers"] + r
     attn = layers * 2 * 2 * (seq or cfg["train_seq_len"]) * cfg["model_dim"] * 0.5
     d, kv = cfg["model_dim"], _kv_dim(cfg)
@@ -227,7 +240,7 @@ def train_seconds(steps, step_s, qat_ratio, cfg, recur_ratio=1.0):
     those from recur_start_frac x steps on run the recurrence (x recur_ratio)."""
     warmdown = cfg["warmdown_iters"] if cfg["warmdown_iters"] > 0 else round(cfg["warmdown_frac"] * steps)
     q = min(steps, math.ceil(cfg["qat_threshold"] * warmdown))
-    rec = recur_count(cfg) and cfg["recur_start_frac"] < 1
+    rec = extra_passes(cfg) and cfg["recur_start_frac"] < 1
     sw = max(0, math.ceil(cfg["recur_start_frac"] * steps)) if rec else steps
     a = steps - q  # the first QAT step
     plain, rec_only, qat_only, both = min(a, sw), max(0, a - sw), max(0, sw - a), steps - max(a, sw)
@@ -314,7 +327,7 @@ def phase_pass_tokens(cfg, lengths=None):
 def lora_flops_per_token(cfg):
     """Forward FLOPs of the adapters per token: 2 x rank x (in + out) of every adapted matrix (TTT_LORA_TARGETS)."""
     d, kv, r = cfg["model_dim"], _kv_dim(cfg), cfg["ttt_lora_rank"]
-    layers = cfg["num_layers"] + (recur_count(cfg) if cfg["recur_start_frac"] < 1 else 0)
+    layers = cfg["num_layers"] + (extra_passes(cfg) if cfg["recur_start_frac"] < 1 else 0)
     names = {t for t in str(cfg["ttt_lora_targets"]).replace(" ", "").split(",") if t}
     names |= {"q", "k", "v", "o", "up", "down", "bigram", "ve", "head"} if "all" in names else set()
     names |= {"up", "down"} if "mlp" in names else set()
@@ -380,15 +393,16 @@ def estimate(cfg, measured=None):
             ("sliding_pass", windows * E / GPUS, "eval"), ("lora_step", step_tokens, "train"))}
         if measured and label != "optimistic":
             m = 1.0 if label == "nominal" else MEASURED_PESSIMISM
-            at = dict(cfg, vocab_size=base)  # the check's head: the FLOPs of another vocabulary's scale its times
+            at = check_shape(cfg, measured, base)  # the check's model: the FLOPs of another shape scale its times
             flop_train = train0 / flops_per_token(at)[1]
             flop_fwd = fwd / flops_per_token(at, recur=cfg["recur_start_frac"] < 1)[0]
+            at_recur = flops_per_token(at, recur=True)[1] / flops_per_token(at)[1]  # its recurrence's FLOP ratio
             scale = m * MULTI_GPU_OVERHEAD / GPUS
             rec_ms = measured.get("recur_step_ms")  # measured: QAT steps ran the recurrence too
-            plain_ms = measured.get("step_ms") or rec_ms / recur_ratio  # a check recurrent from step 0: plain by FLOPs
+            plain_ms = measured.get("step_ms") or rec_ms / at_recur  # a check recurrent from step 0: plain by FLOPs
             step_s = scale * plain_ms / 1e3 * cfg["train_batch_tokens"] / 786432 * flop_train
             qat_ratio = measured["qat_step_ms"] / (rec_ms or plain_ms)
-            rr = max(1.0, rec_ms / plain_ms) if rec_ms else rr
+            rr = max(1.0, rec_ms / plain_ms * recur_ratio / at_recur) if rec_ms else rr  # the check's, scaled to cfg's
             flop_parts, parts = parts, {"standard_val_x2": 2 * scale * val / measured["standard_eval_tok_s"] * flop_fwd,
                                         "sliding_pass": scale * val / measured["sliding_eval_tok_s"] * flop_fwd * fwd_e * E / (fwd * cfg["train_seq_len"])}
             if passes:  # no check measures a global pass: the FLOP / fixed-cost estimate
